@@ -1,0 +1,1 @@
+"""The `mops` command line."""

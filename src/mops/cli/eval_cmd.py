@@ -1,0 +1,65 @@
+"""`mops eval`: response-token perplexity of a base model (or base + adapter) per task."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from mops.cli.common import (
+    DataOpt, DeviceOpt, DtypeOpt, JsonOpt, MaxLenOpt, ModelOpt, SeedOpt, SkipOpt, TasksOpt, TemplateOpt,
+    TotalOpt, console, emit_json, write_json,
+)
+from mops.data import Tokenizer, load_splits
+from mops.data.selection import group_by_task
+from mops.evaluation import base_logits_fn, evaluate_perplexity
+from mops.models import load_base_model
+from mops.reports.tables import ppl_rows, rich_table
+
+
+def eval_command(
+    model: str = ModelOpt,
+    data: str = DataOpt,
+    tasks: Optional[str] = TasksOpt,
+    total: int = TotalOpt,
+    split: str = typer.Option("test", "--split", help="test or train."),
+    limit_per_task: Optional[int] = typer.Option(None, "--limit-per-task", help="Score at most this many examples per task."),
+    batch_size: int = typer.Option(8, "--batch-size", "-b"),
+    max_length: int = MaxLenOpt,
+    template: str = TemplateOpt,
+    dtype: str = DtypeOpt,
+    device: str = DeviceOpt,
+    seed: int = SeedOpt,
+    skip_invalid: bool = SkipOpt,
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Also write the results JSON here."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Perplexity on response tokens, per task and overall."""
+    if split not in ("test", "train"):
+        raise typer.BadParameter("use test or train", param_hint="--split")
+    splits = load_splits(data, tasks, total, seed=seed, skip_invalid=skip_invalid)
+    examples = splits.test if split == "test" else splits.train
+    if limit_per_task is not None:
+        examples = [ex for group in group_by_task(examples).values() for ex in group[:limit_per_task]]
+    t0 = time.perf_counter()
+    base = load_base_model(model, dtype=dtype, device=device)
+    load_s = time.perf_counter() - t0
+    encoded = Tokenizer(base.tokenizer, splits.tasks, max_length, template).encode_all(examples)
+    t0 = time.perf_counter()
+    report = evaluate_perplexity(
+        base_logits_fn(base.model), encoded, splits.tasks, base.tokenizer.pad_token_id, batch_size,
+        base.model.device, progress=not as_json,
+    )
+    payload = {
+        "model": model, "data": data, "split": split, "examples": len(encoded), "max_length": max_length,
+        "template": template, "seed": seed, "load_seconds": round(load_s, 2),
+        "eval_seconds": round(time.perf_counter() - t0, 2), **report.to_dict(),
+    }
+    if output:
+        write_json(output, payload)
+    if as_json:
+        emit_json(payload)
+    else:
+        console.print(rich_table(f"{model} on {data} ({split})", ["task", "tokens", "NLL", "PPL"], ppl_rows(payload)))

@@ -1,0 +1,97 @@
+"""Response-token perplexity, per task and overall, exact under batching."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from mops.data.batching import collate, length_sorted_batches
+from mops.data.tokenization import IGNORE_INDEX, Encoded
+from mops.progress import progress_bar
+
+# (input_ids, attention_mask) -> logits (B, T, V) for the same positions as input_ids
+LogitsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next-token NLL summed per example over labelled positions, in fp32.
+
+    logits: (B, T, V); labels: (B, T) with IGNORE_INDEX where there is no loss.
+    Returns (nll_sum (B,), token_count (B,)); mean NLL = nll_sum.sum() / token_count.sum(), which is
+    exactly what `model(input_ids, labels=labels).loss` computes for the same batch.
+    """
+    target = labels[:, 1:]
+    keep = target != IGNORE_INDEX
+    rows = torch.arange(labels.shape[0], device=labels.device).unsqueeze(1).expand_as(target)[keep]
+    nll = F.cross_entropy(logits[:, :-1][keep].float(), target[keep], reduction="none")
+    sums = torch.zeros(labels.shape[0], dtype=torch.float64, device=labels.device).index_add_(0, rows, nll.double())
+    return sums, keep.sum(dim=1)
+
+
+@dataclass
+class TaskScore:
+    tokens: int = 0
+    nll: float = 0.0  # summed over tokens
+
+    @property
+    def mean_nll(self) -> float:
+        return self.nll / self.tokens if self.tokens else float("nan")
+
+    @property
+    def ppl(self) -> float:
+        return math.exp(self.mean_nll) if self.tokens else float("nan")
+
+    def to_dict(self) -> dict[str, float]:
+        return {"tokens": self.tokens, "nll": self.mean_nll, "ppl": self.ppl}
+
+
+@dataclass
+class PerplexityReport:
+    """Per task and overall (token-weighted) response-token perplexity."""
+
+    per_task: dict[str, TaskScore] = field(default_factory=dict)
+
+    @property
+    def overall(self) -> TaskScore:
+        return TaskScore(sum(s.tokens for s in self.per_task.values()), sum(s.nll for s in self.per_task.values()))
+
+    def to_dict(self) -> dict:
+        return {
+            "per_task": {t: s.to_dict() for t, s in self.per_task.items()},
+            "overall": self.overall.to_dict(),
+        }
+
+
+@torch.no_grad()
+def evaluate_perplexity(
+    logits_fn: LogitsFn,
+    encoded: Sequence[Encoded],
+    tasks: Sequence[str],
+    pad_id: int,
+    batch_size: int = 8,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+) -> PerplexityReport:
+    """Score `encoded` examples with `logits_fn`; batches are length-sorted, right-padded."""
+    report = PerplexityReport({t: TaskScore() for t in tasks})
+    batches = list(length_sorted_batches(encoded, batch_size))
+    with progress_bar(len(batches), "eval", enabled=progress) as advance:
+        for batch in batches:
+            b = collate(batch, pad_id)
+            logits = logits_fn(b["input_ids"].to(device), b["attention_mask"].to(device))
+            sums, counts = token_nll(logits, b["labels"].to(device))
+            for task_id, s, c in zip(b["task_ids"].tolist(), sums.tolist(), counts.tolist()):
+                score = report.per_task[tasks[task_id]]
+                score.nll += s
+                score.tokens += c
+            advance()
+    return report
+
+
+def base_logits_fn(model: torch.nn.Module) -> LogitsFn:
+    """The plain model as a `LogitsFn`."""
+    return lambda ids, mask: model(input_ids=ids, attention_mask=mask).logits

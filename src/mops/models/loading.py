@@ -1,0 +1,188 @@
+"""Load a frozen base LM and its tokenizer by short name, local folder, local GGUF file or hub id.
+
+Packaged GGUF models are dequantized once (~17 s for SmolLM2) into a safetensors folder under
+`MOPS_HOME/models/<name>`, then loaded from there (~2 s). The conversion writes to a temporary
+folder and renames it into place, so concurrent first loads never leave a half-written cache.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
+
+from mops.errors import ModelLoadError
+from mops.models.registry import DEFAULT_MODEL, PACKAGED_MODELS
+from mops.paths import cache_dir
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+SOURCE_FILE = "mops_source.json"
+
+
+@dataclass
+class BaseModel:
+    """A loaded frozen base model: `model` is in eval mode with every parameter frozen."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    name: str  # what the user asked for (short name, path or hub id)
+    path: str  # the folder the weights were read from (or the hub id)
+
+    @property
+    def identity(self) -> dict:
+        """What an adapter must match: name, architecture, depth and width."""
+        cfg = self.model.config
+        return {
+            "base_model": self.name,
+            "architecture": (cfg.architectures or [type(self.model).__name__])[0],
+            "model_type": cfg.model_type,
+            "num_hidden_layers": cfg.num_hidden_layers,
+            "hidden_size": cfg.hidden_size,
+        }
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """`auto` -> CUDA when available, else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """`auto` -> fp32 on CPU, bf16 on GPU."""
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise ModelLoadError(f"unknown dtype '{dtype}': use one of auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """GGUF conversion logs and warns per tensor; keep the console readable."""
+    logger = logging.getLogger("transformers")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    hf_logging.disable_progress_bar()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            yield
+        finally:
+            logger.setLevel(level)
+            hf_logging.enable_progress_bar()
+
+
+def convert_gguf(gguf_path: Path, target: Path) -> Path:
+    """Dequantize a GGUF file into a safetensors model folder at `target` (atomic; safe to race)."""
+    if (target / SOURCE_FILE).is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        with _quiet_transformers():
+            try:
+                model = AutoModelForCausalLM.from_pretrained(
+                    str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
+                )
+                tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+            except Exception as err:  # the GGUF reader raises many types for a damaged file
+                raise ModelLoadError(
+                    f"could not read GGUF file {gguf_path} (corrupt or truncated?): {type(err).__name__}: {err}. "
+                    "Reinstall the package that ships it (see `mops models`)."
+                ) from err
+            # A GGUF-loaded model is flagged as quantized and save_pretrained refuses; it is plain float now.
+            model.hf_quantizer = None
+            model.is_quantized = False
+            if hasattr(model.config, "quantization_config"):
+                del model.config.quantization_config
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+        (tmp / SOURCE_FILE).write_text(
+            json.dumps({"gguf": str(gguf_path), "bytes": gguf_path.stat().st_size}, indent=2)
+        )
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not (target / SOURCE_FILE).is_file():  # lost a race only if the winner finished
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """Turn a short name, GGUF file or folder into something `from_pretrained` reads (folder or hub id)."""
+    if name_or_path in PACKAGED_MODELS:
+        spec = PACKAGED_MODELS[name_or_path]
+        target = cache_dir("models") / spec.name
+        if not (target / SOURCE_FILE).is_file():
+            with tempfile.TemporaryDirectory(dir=cache_dir("tmp")) as work:
+                convert_gguf(spec.locate_gguf(Path(work)), target)
+        return str(target)
+    path = Path(name_or_path).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelLoadError(f"GGUF file not found: {path}")
+        stat = path.stat()
+        return str(convert_gguf(path.resolve(), cache_dir("models") / f"{path.stem}-{stat.st_size}"))
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"{path} is not a Hugging Face model folder: config.json is missing")
+        return str(path)
+    if "/" not in name_or_path or name_or_path.startswith((".", "/", "~")):
+        known = ", ".join(PACKAGED_MODELS)
+        raise ModelLoadError(
+            f"unknown model '{name_or_path}': use one of {known}, a local model folder, a .gguf file, "
+            "or a Hugging Face hub id (org/name)"
+        )
+    return name_or_path  # a hub id
+
+
+def load_base_model(
+    name_or_path: str = DEFAULT_MODEL,
+    dtype: str = "auto",
+    device: str = "auto",
+    attn_implementation: str = "sdpa",
+) -> BaseModel:
+    """Load a causal LM frozen and in eval mode, plus its tokenizer (pad token = EOS if it has none)."""
+    source = resolve_model_path(name_or_path)
+    dev = resolve_device(device)
+    is_cache = source.startswith(str(cache_dir("models")))
+    with _quiet_transformers():
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source)
+            model = AutoModelForCausalLM.from_pretrained(
+                source, dtype=resolve_dtype(dtype, dev), attn_implementation=attn_implementation
+            )
+        except OSError as err:
+            if Path(source).exists():
+                raise _damaged(source, err, is_cache) from err
+            raise ModelLoadError(
+                f"could not load '{name_or_path}' from the Hugging Face Hub (no network or unknown id?): {err}. "
+                f"Offline, use a packaged model ({', '.join(PACKAGED_MODELS)}) or a local folder."
+            ) from err
+        except Exception as err:  # safetensors / json errors from a damaged folder
+            raise _damaged(source, err, is_cache) from err
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.requires_grad_(False)
+    model.eval()
+    return BaseModel(model=model.to(dev), tokenizer=tokenizer, name=name_or_path, path=source)
+
+
+def _damaged(source: str, err: Exception, is_cache: bool) -> ModelLoadError:
+    hint = f" Delete {source} and it will be rebuilt." if is_cache else ""
+    return ModelLoadError(f"could not read the model folder {source} (damaged?): {type(err).__name__}: {err}.{hint}")

@@ -1,0 +1,1 @@
+"""Reports: tables (terminal and Markdown) and figures."""
