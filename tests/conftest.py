@@ -44,7 +44,9 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
     return tok
 
 
-def tiny_model(arch: str, vocab_size: int = 384, layers: int = 4, attn: str = "sdpa", seed: int = 0) -> torch.nn.Module:
+def tiny_model(
+    arch: str, vocab_size: int = 384, layers: int = 4, attn: str = "sdpa", seed: int = 0, sliding_window: int = 8
+) -> torch.nn.Module:
     """A randomly initialised causal LM of a real architecture: width 64, `layers` layers, GQA."""
     torch.manual_seed(seed)
     common = dict(
@@ -58,7 +60,7 @@ def tiny_model(arch: str, vocab_size: int = 384, layers: int = 4, attn: str = "s
         model = Qwen2ForCausalLM(Qwen2Config(**common))
     elif arch == "gemma3":
         cfg = Gemma3TextConfig(
-            **common, head_dim=16, sliding_window=8,
+            **common, head_dim=16, sliding_window=sliding_window,
             layer_types=["sliding_attention", "full_attention"] * (layers // 2) + ["sliding_attention"] * (layers % 2),
         )
         model = Gemma3ForCausalLM(cfg)

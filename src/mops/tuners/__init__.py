@@ -1,0 +1,1 @@
+"""Parameter-efficient tuners. One folder per method: `config.py` (validated dataclass) + `model.py`."""

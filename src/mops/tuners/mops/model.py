@@ -1,0 +1,269 @@
+"""`MoPModel`: a frozen causal LM + frozen input prompts + gated expert prompts at an intermediate layer.
+
+Layout (method-notes, "prompt slots"): K = E * prompts_per_expert positions are reserved in front of the
+tokens from the input on. They hold the input prompts P^1 (or nothing visible, without input prompts); a
+forward pre-hook on decoder layer L_int
+
+  1. averages the hidden states entering L_int over slots + real tokens (padding excluded) -> avg_emb (B, d),
+  2. computes the gate weights g = softmax(W2 relu(W1 avg_emb)) (B, E) and stores the attention bias,
+  3. replaces the slots' hidden states with the trainable expert prompts (K, d).
+
+Positions, rotary embeddings and masks stay as the model computed them. Layers below L_int carry no trainable
+tensors, so autograd records nothing there. The gate acts on attention in layers >= L_int (`attention.py`).
+Sequences are [slots][tokens][right padding] for training/scoring and [slots][left padding][tokens] for
+generation; the slots always sit at positions 0..K-1.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from mops import __version__
+from mops.errors import ConfigError, ModelLoadError
+from mops.models.loading import BaseModel
+from mops.tuners.mops.attention import SlotState, gated_name
+from mops.tuners.mops.config import MoPConfig
+from mops.tuners.mops.gate import Gate, log_weights
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+Stage = Literal["recovery", "mop"]
+
+
+class _StopForward(Exception):
+    """Raised by the injection hook to end a forward early (gate-only passes)."""
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The decoder layer list of any HF causal LM (via get_decoder(), else the ModuleList of depth L)."""
+    depth = model.config.num_hidden_layers
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+    if decoder is not None and isinstance(getattr(decoder, "layers", None), nn.ModuleList):
+        return decoder.layers
+    for module in model.modules():
+        if isinstance(module, nn.ModuleList) and len(module) == depth:
+            return module
+    raise ConfigError(f"cannot find the {depth} decoder layers of {type(model).__name__}")
+
+
+class MoPModel(nn.Module):
+    """Base model + MoPs adapter. Trainable: `input_prompts` (recovery stage only), `expert_prompts`, `gate`."""
+
+    def __init__(self, base: BaseModel, config: MoPConfig) -> None:
+        super().__init__()
+        self.base = base
+        self.config = config.validate_for(base.model.config.num_hidden_layers)
+        lm = base.model
+        self.lm = lm
+        self.layers = decoder_layers(lm)
+        hidden = lm.config.hidden_size
+        k = config.num_prompts
+        embeddings = lm.get_input_embeddings()
+        dtype = embeddings.weight.dtype
+        self.input_prompts = nn.Parameter(self._init_prompts("vocab", k, dtype), requires_grad=False)
+        self.expert_prompts = nn.Parameter(torch.zeros(k, hidden, dtype=dtype))
+        self.gate = Gate(hidden, config.gate_hidden_size, config.num_experts).to(lm.device)
+        self.gate.requires_grad_(config.use_gate)
+        self.state = SlotState(k, config.injection_layer, hide_slots_below=config.num_input_prompts == 0)
+        self.stage: Stage = "mop"
+        self._gate_mask: torch.Tensor | None = None  # (B, K + T) positions averaged for the gate
+        self.last_gate_weights: torch.Tensor | None = None  # (B, E) of the last forward
+        self._capture: list[torch.Tensor] | None = None
+        lm.set_attn_implementation(gated_name(lm.config._attn_implementation))
+        for layer in self.layers:
+            for module in layer.modules():
+                if hasattr(module, "layer_idx"):
+                    module._mops_state = self.state
+        self._hook = self.layers[config.injection_layer].register_forward_pre_hook(self._inject, with_kwargs=True)
+        self.init_expert_prompts()
+
+    # ---- initialisation -------------------------------------------------------------------------------
+    def _init_prompts(self, how: str, k: int, dtype: torch.dtype) -> torch.Tensor:
+        """(K, d) prompt values from vocabulary embeddings, random normal, or a text's token embeddings."""
+        weight = self.lm.get_input_embeddings().weight
+        gen = torch.Generator().manual_seed(0)
+        if how == "random":
+            return (torch.randn(k, weight.shape[1], generator=gen) * weight.float().std()).to(weight)
+        if how == "text":
+            ids = self.base.tokenizer(self.config.prompt_init_text, add_special_tokens=False)["input_ids"]
+            ids = (ids * (k // max(1, len(ids)) + 1))[:k]
+        else:
+            ids = torch.randint(0, min(5000, weight.shape[0]), (k,), generator=gen).tolist()
+        return self.embed(torch.tensor(ids, device=weight.device).unsqueeze(0))[0].detach().clone().to(dtype)
+
+    @torch.no_grad()
+    def init_expert_prompts(self) -> None:
+        """Set the expert prompts per `config.prompt_init` (call again after the input prompts changed)."""
+        k = self.config.num_prompts
+        if self.config.prompt_init == "input_prompts":
+            value = self.slot_states_at_injection()
+        else:
+            value = self._init_prompts(self.config.prompt_init, k, self.expert_prompts.dtype)
+        self.expert_prompts.copy_(value)
+
+    @torch.no_grad()
+    def slot_states_at_injection(self) -> torch.Tensor:
+        """(K, d) hidden states of the input prompts entering the injection layer.
+
+        The slots come first and attention is causal, so these do not depend on the example: starting the
+        experts here makes the untrained MoP model (neutral gate) equal the frozen-input-prompt model.
+        """
+        captured: list[torch.Tensor] = []
+
+        def grab(module, args, kwargs):
+            captured.append((args[0] if args else kwargs["hidden_states"])[0].clone())
+            raise _StopForward
+
+        hook = self.layers[self.config.injection_layer].register_forward_pre_hook(grab, with_kwargs=True)
+        saved = self.stage
+        self.stage = "recovery"
+        try:
+            embeds = self.input_prompts.unsqueeze(0)
+            mask = torch.ones(1, self.config.num_prompts, dtype=torch.long, device=embeds.device)
+            self.lm(inputs_embeds=embeds, attention_mask=mask)
+        except _StopForward:
+            pass
+        finally:
+            hook.remove()
+            self.stage = saved
+        return captured[0]
+
+    # ---- the forward pass -----------------------------------------------------------------------------
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(B, T) -> (B, T, d) with the model's own embedding (incl. any scaling, as in Gemma)."""
+        return self.lm.get_input_embeddings()(input_ids)
+
+    def _inject(self, module: nn.Module, args: tuple, kwargs: dict):
+        """Pre-hook on layer L_int: gate from the mean hidden state, then experts replace the slots."""
+        if self.stage != "mop":
+            return None
+        hidden = args[0] if args else kwargs["hidden_states"]
+        k = self.config.num_prompts
+        if hidden.shape[1] <= k:  # a decode step with a KV cache: slots and gate are already in place
+            return None
+        mask = self._gate_mask.to(hidden.dtype)
+        mask = nn.functional.pad(mask, (0, hidden.shape[1] - mask.shape[1]))  # tokens generated later: not averaged
+        avg_emb = (hidden * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True)  # (B, d)
+        if self._capture is not None:
+            self._capture.append(avg_emb)
+            raise _StopForward
+        if self.config.use_gate:
+            weights = self.gate(avg_emb)
+            self.last_gate_weights = weights.detach()
+            self.state.slot_bias = log_weights(weights, self.config.gate_mode).repeat_interleave(
+                self.config.prompts_per_expert, dim=-1
+            )
+        experts = self.expert_prompts.to(hidden.dtype).unsqueeze(0).expand(hidden.shape[0], -1, -1)
+        hidden = torch.cat([experts, hidden[:, k:]], dim=1)
+        if args:
+            return (hidden, *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": hidden}
+
+    def _prepare(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Slots + token embeddings (B, K+T, d) and the full attention mask (B, K+T)."""
+        b = input_ids.shape[0]
+        k = self.config.num_prompts
+        slots = self.input_prompts.unsqueeze(0).expand(b, -1, -1)
+        embeds = torch.cat([slots.to(self.lm.dtype), self.embed(input_ids)], dim=1)
+        ones = torch.ones(b, k, dtype=attention_mask.dtype, device=attention_mask.device)
+        full = torch.cat([ones, attention_mask], dim=1)
+        gate_mask = full.clone()
+        if self.config.num_input_prompts == 0:
+            gate_mask[:, :k] = 0  # no input prompts: the gate reads the real tokens only
+        self._gate_mask = gate_mask
+        self.state.slot_bias = None
+        return embeds, full
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, T) ids and mask -> logits (B, T, V) at the token positions (slots dropped)."""
+        embeds, full = self._prepare(input_ids, attention_mask)
+        logits = self.lm(inputs_embeds=embeds, attention_mask=full, use_cache=False).logits
+        return logits[:, self.config.num_prompts :]
+
+    def gate_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, d) mean hidden state entering the injection layer; runs only the layers below it."""
+        embeds, full = self._prepare(input_ids, attention_mask)
+        self._capture = []
+        saved = self.stage
+        self.stage = "mop"
+        try:
+            self.lm(inputs_embeds=embeds, attention_mask=full, use_cache=False)
+        except _StopForward:
+            pass
+        finally:
+            self.stage = saved
+            captured, self._capture = self._capture, None
+        return captured[0]
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs) -> torch.Tensor:
+        """Left-padded prompts (B, T) -> new tokens (B, N). The gate is computed from the prompt."""
+        embeds, full = self._prepare(input_ids, attention_mask)
+        kwargs.setdefault("pad_token_id", self.base.tokenizer.pad_token_id)
+        return self.lm.generate(inputs_embeds=embeds, attention_mask=full, **kwargs)
+
+    # ---- training stages ------------------------------------------------------------------------------
+    def set_stage(self, stage: Stage) -> list[nn.Parameter]:
+        """recovery: train P^1 as plain input prompt tuning (no injection, no gate); mop: train experts + gate.
+
+        Returns the parameters to optimise.
+        """
+        self.stage = stage
+        self.input_prompts.requires_grad_(stage == "recovery")
+        self.expert_prompts.requires_grad_(stage == "mop")
+        self.gate.requires_grad_(stage == "mop" and self.config.use_gate)
+        self.state.injection_layer = self.config.injection_layer if stage == "mop" else self.lm.config.num_hidden_layers
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def trainable_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def adapter_state(self) -> dict[str, torch.Tensor]:
+        """Everything the adapter owns (no base weights)."""
+        state = {"input_prompts": self.input_prompts, "expert_prompts": self.expert_prompts}
+        state.update({f"gate.{k}": v for k, v in self.gate.state_dict().items()})
+        return {k: v.detach().float().cpu().contiguous() for k, v in state.items()}
+
+    @torch.no_grad()
+    def load_adapter_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.input_prompts.copy_(state["input_prompts"])
+        self.expert_prompts.copy_(state["expert_prompts"])
+        self.gate.load_state_dict({k.removeprefix("gate."): v for k, v in state.items() if k.startswith("gate.")})
+
+    # ---- adapters on disk -----------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """adapter_config.json (settings + base identity) and adapter_model.safetensors. No pickle."""
+        path = Path(directory)
+        path.mkdir(parents=True, exist_ok=True)
+        payload = {"peft_type": "MOPS", "mops_version": __version__, "base": self.base.identity,
+                   "config": self.config.to_dict()}
+        save_file(self.adapter_state(), str(path / WEIGHTS_NAME))
+        (path / CONFIG_NAME).write_text(json.dumps(payload, indent=2) + "\n")
+        return path
+
+    @classmethod
+    def from_pretrained(cls, base: BaseModel, directory: str | Path) -> "MoPModel":
+        """Load an adapter; refuses one made for a different base model (name, architecture, shape)."""
+        path = Path(directory)
+        cfg_file, weights = path / CONFIG_NAME, path / WEIGHTS_NAME
+        for file in (cfg_file, weights):
+            if not file.is_file():
+                raise ModelLoadError(f"{path} is not a MoPs adapter: {file.name} is missing")
+        try:
+            payload = json.loads(cfg_file.read_text())
+            saved_base, config = payload["base"], MoPConfig.from_dict(payload["config"])
+        except (json.JSONDecodeError, KeyError) as err:
+            raise ModelLoadError(f"{cfg_file}: not a valid MoPs adapter config ({err})") from err
+        diffs = [f"{k}: adapter {saved_base.get(k)!r} vs base {v!r}" for k, v in base.identity.items()
+                 if saved_base.get(k) != v]
+        if diffs:
+            raise ModelLoadError(f"adapter {path} was trained for another base model ({'; '.join(diffs)})")
+        model = cls(base, config)
+        model.load_adapter_state(load_file(str(weights), device=str(base.model.device)))
+        return model
