@@ -28,8 +28,7 @@ def _corpus() -> list[str]:
     return [r["instruction"] + " " + r["input"] + " " + r["output"] for r in rows] + ["### Instruction: Input: Response:"]
 
 
-@pytest.fixture(scope="session")
-def tiny_tokenizer() -> PreTrainedTokenizerFast:
+def make_tiny_tokenizer() -> PreTrainedTokenizerFast:
     """Byte-level BPE with 384 tokens trained on bundled text: <pad>=0, <eos>=1, <bos>=2."""
     raw = RawTokenizer(models.BPE())
     raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -42,6 +41,11 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
     tok = PreTrainedTokenizerFast(tokenizer_object=raw, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>")
     tok.chat_template = CHAT_TEMPLATE
     return tok
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    return make_tiny_tokenizer()
 
 
 def tiny_model(
@@ -71,13 +75,16 @@ def tiny_model(
     return model.eval()
 
 
+def save_tiny_model(path: Path, tokenizer, arch: str = "llama") -> Path:
+    """A tiny model of `arch` saved as a HF model folder (safetensors + tokenizer)."""
+    tiny_model(arch).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
 @pytest.fixture
 def tiny_model_dir(tmp_path: Path, tiny_tokenizer) -> Path:
-    """A tiny Llama saved as a HF model folder (safetensors + tokenizer)."""
-    path = tmp_path / "tiny-llama"
-    tiny_model("llama").save_pretrained(path)
-    tiny_tokenizer.save_pretrained(path)
-    return path
+    return save_tiny_model(tmp_path / "tiny-llama", tiny_tokenizer)
 
 
 @pytest.fixture(autouse=True)

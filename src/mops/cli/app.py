@@ -9,11 +9,15 @@ import typer
 from mops.cli import data_cmd
 from mops.cli.common import JsonOpt, console, emit_json
 from mops.cli.eval_cmd import eval_command
+from mops.cli.generate_cmd import generate_command
+from mops.cli.train_cmd import train_command
 from mops.errors import MopsError
 
 app = typer.Typer(help="Mixture of Prompts (MoPs) for compressed LLMs.", no_args_is_help=True, add_completion=False)
 app.add_typer(data_cmd.app, name="data")
 app.command("eval")(eval_command)
+app.command("train")(train_command)
+app.command("generate")(generate_command)
 
 
 @app.command("models")

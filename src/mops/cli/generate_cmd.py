@@ -1,0 +1,49 @@
+"""`mops generate`: answer instructions with a base model + MoPs adapter (gate computed from the prompt)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from mops.cli.common import DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, TemplateOpt, console, emit_json
+
+
+def generate_command(
+    instruction: list[str] = typer.Argument(..., help="One or more instructions (batched, left-padded)."),
+    adapter: Optional[Path] = typer.Option(None, "--adapter", "-a", help="MoPs adapter folder (save_pretrained)."),
+    model: str = ModelOpt,
+    input_text: str = typer.Option("", "--input", help="Optional input/context for every instruction."),
+    max_new_tokens: int = typer.Option(64, "--max-new-tokens"),
+    template: str = TemplateOpt,
+    dtype: str = DtypeOpt,
+    device: str = DeviceOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Greedy generation; with --adapter the MoPs experts and gate apply."""
+    from mops.data import Example, Tokenizer, collate
+    from mops.models import load_base_model
+    from mops.tuners.mops.model import MoPModel
+
+    base = load_base_model(model, dtype=dtype, device=device)
+    tok = Tokenizer(base.tokenizer, ["_"], max_length=1024, template=template)
+    prompts = tok.encode_all([Example("_", text, input_text, "-") for text in instruction], prompt_only=True)
+    batch = collate(prompts, base.tokenizer.pad_token_id, left_pad=True)
+    ids, mask = batch["input_ids"].to(base.model.device), batch["attention_mask"].to(base.model.device)
+    kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=base.tokenizer.pad_token_id)
+    if adapter is not None:
+        mop = MoPModel.from_pretrained(base, adapter)
+        out = mop.generate(ids, mask, **kwargs)
+        weights = mop.last_gate_weights.tolist() if mop.last_gate_weights is not None else None
+    else:
+        out = base.model.generate(input_ids=ids, attention_mask=mask, **kwargs)[:, ids.shape[1] :]
+        weights = None
+    texts = base.tokenizer.batch_decode(out, skip_special_tokens=True)
+    if as_json:
+        emit_json([{"instruction": i, "output": t, "gate": None if weights is None else weights[n]}
+                   for n, (i, t) in enumerate(zip(instruction, texts))])
+        return
+    for n, (inst, text) in enumerate(zip(instruction, texts)):
+        gate = "" if weights is None else "  gate=" + " ".join(f"{w:.2f}" for w in weights[n])
+        console.print(f"[bold]> {inst}[/bold]{gate}\n{text.strip()}\n", highlight=False)

@@ -1,0 +1,136 @@
+"""`mops train` and `mops demo`: the paper's pipeline for baseline and/or MoPs from the same frozen parts."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from mops.cli.common import (
+    DataOpt, DeviceOpt, DtypeOpt, JsonOpt, MaxLenOpt, ModelOpt, SeedOpt, SkipOpt, TasksOpt, TemplateOpt,
+    TotalOpt, console, emit_json,
+)
+from mops.errors import ConfigError
+from mops.reports.tables import rich_table
+
+
+@dataclass
+class RunRequest:
+    """Everything `mops train` needs; `mops demo` fills it with CPU-sized defaults."""
+
+    model: str
+    data: str
+    tasks: Optional[str]
+    total: int
+    methods: list[str]
+    output: Path
+    mop: dict
+    train: dict
+    max_length: int
+    template: str
+    dtype: str
+    device: str
+    seed: int
+    skip_invalid: bool
+    progress: bool = True
+
+
+def parse_methods(text: str) -> list[str]:
+    from mops.training import METHODS
+
+    methods = ["baseline", "mops"] if text == "both" else [m for m in text.split(",") if m]
+    bad = [m for m in methods if m not in METHODS]
+    if bad or not methods:
+        raise ConfigError(f"--method must be baseline, mops or both, got {text!r}")
+    return methods
+
+
+def execute(req: RunRequest) -> dict:
+    """Load, build, train; returns results (also written to the run folder)."""
+    from mops.data import load_splits
+    from mops.models import load_base_model
+    from mops.training import Experiment, Runtime, TrainConfig, run_methods
+    from mops.training.pipeline import comparison_rows
+    from mops.tuners.mops.config import MoPConfig
+
+    mop_cfg = MoPConfig(**req.mop)
+    train_cfg = TrainConfig(**req.train, seed=req.seed)
+    splits = load_splits(req.data, req.tasks, req.total, seed=req.seed, skip_invalid=req.skip_invalid)
+    if splits.skipped:
+        console.print(f"[yellow]skipped {len(splits.skipped)} invalid records; first: {splits.skipped[0]}")
+    mop_cfg.tasks = splits.tasks
+    req.output.mkdir(parents=True, exist_ok=True)
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in req.__dict__.items()}
+    (req.output / "run_config.json").write_text(json.dumps(settings, indent=2))
+    rt = Runtime.create(req.output, device=req.device, progress=req.progress)
+    base = load_base_model(req.model, dtype=req.dtype, device=str(rt.accelerator.device))
+    from mops.tuners.mops.model import MoPModel
+
+    model = MoPModel(base, mop_cfg)
+    exp = Experiment(model, splits, train_cfg, req.output, rt, req.max_length, req.template)
+    results = run_methods(exp, req.methods)
+    rt.logger.close()
+    if rt.is_main and req.progress:
+        headers, rows = comparison_rows(results, req.methods)
+        console.print(rich_table(f"test PPL ({req.data}, {req.model})", headers, rows))
+        console.print(f"results: {req.output}/results.md, figures: {req.output}/*.png, "
+                      f"adapters: {', '.join(f'{req.output}/{m}/adapter' for m in req.methods)}")
+    return results
+
+
+def train_command(
+    model: str = ModelOpt,
+    data: str = DataOpt,
+    tasks: Optional[str] = TasksOpt,
+    total: int = TotalOpt,
+    method: str = typer.Option("both", "--method", help="mops, baseline (prompt tuning at the same layer, no gate) or both."),
+    output: Path = typer.Option(Path("runs/train"), "--output", "-o", help="Run folder; re-running with it resumes."),
+    num_experts: int = typer.Option(7, "--num-experts", help="Expert groups E (paper: 7)."),
+    prompts_per_expert: int = typer.Option(10, "--prompts-per-expert", help="Prompts per expert (paper: 10)."),
+    injection_layer: Optional[int] = typer.Option(None, "--injection-layer", help="Layer L_int (default: L/3)."),
+    input_prompts: bool = typer.Option(True, "--input-prompts/--no-input-prompts", help="Frozen recovery prompts P^1."),
+    gate_mode: str = typer.Option("scaled", "--gate-mode", help="scaled (E x softmax) or softmax (paper)."),
+    gate_hidden_size: int = typer.Option(256, "--gate-hidden-size"),
+    prompt_init: str = typer.Option("input_prompts", "--prompt-init", help="input_prompts, vocab, random or text."),
+    steps: int = typer.Option(200, "--steps", help="Main-stage optimiser steps."),
+    batch_size: int = typer.Option(8, "--batch-size", "-b", help="Global batch size."),
+    grad_accum: int = typer.Option(1, "--grad-accum"),
+    lr: float = typer.Option(1e-3, "--lr", help="Expert prompt learning rate."),
+    gate_lr: Optional[float] = typer.Option(None, "--gate-lr", help="Gate learning rate (default: --lr)."),
+    recovery_steps: int = typer.Option(20, "--recovery-steps", help="P^1 recovery steps (paper: 20)."),
+    recovery_lr: float = typer.Option(1e-3, "--recovery-lr"),
+    gate_pretrain_steps: int = typer.Option(300, "--gate-pretrain-steps"),
+    gate_pretrain_examples: int = typer.Option(1000, "--gate-pretrain-examples"),
+    eval_every: int = typer.Option(0, "--eval-every", help="Evaluate every N steps (0: at the end)."),
+    eval_limit_per_task: Optional[int] = typer.Option(None, "--eval-limit-per-task"),
+    eval_batch_size: int = typer.Option(8, "--eval-batch-size"),
+    checkpoint_every: int = typer.Option(50, "--checkpoint-every"),
+    max_grad_norm: Optional[float] = typer.Option(None, "--max-grad-norm"),
+    max_length: int = MaxLenOpt,
+    template: str = TemplateOpt,
+    dtype: str = DtypeOpt,
+    device: str = DeviceOpt,
+    seed: int = SeedOpt,
+    skip_invalid: bool = SkipOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Recovery prompts -> gate pretraining -> baseline and/or MoPs; per-task PPL table, heatmaps, adapters."""
+    req = RunRequest(
+        model=model, data=data, tasks=tasks, total=total, methods=parse_methods(method), output=output,
+        mop=dict(num_experts=num_experts, prompts_per_expert=prompts_per_expert, injection_layer=injection_layer,
+                 num_input_prompts=None if input_prompts else 0, gate_mode=gate_mode,
+                 gate_hidden_size=gate_hidden_size, prompt_init=prompt_init),
+        train=dict(steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr, gate_lr=gate_lr,
+                   recovery_steps=recovery_steps, recovery_lr=recovery_lr, gate_pretrain_steps=gate_pretrain_steps,
+                   gate_pretrain_examples=gate_pretrain_examples, eval_every=eval_every,
+                   eval_limit_per_task=eval_limit_per_task, eval_batch_size=eval_batch_size,
+                   checkpoint_every=checkpoint_every, max_grad_norm=max_grad_norm),
+        max_length=max_length, template=template, dtype=dtype, device=device, seed=seed,
+        skip_invalid=skip_invalid, progress=not as_json,
+    )
+    results = execute(req)
+    if as_json:
+        emit_json({m: results[m]["final"]["ppl"] for m in req.methods} | {"run_dir": str(output)})

@@ -1,0 +1,50 @@
+"""`TrainConfig`: budgets and optimiser settings of the paper's three training stages."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from mops.errors import ConfigError
+
+
+@dataclass
+class TrainConfig:
+    """Stage 1 recovers P^1 (input prompt tuning), stage 2 pretrains the gate, stage 3 trains experts + gate."""
+
+    steps: int = field(default=200, metadata={"help": "Optimiser steps of the main stage (paper: 20,000 at batch 1)."})
+    batch_size: int = field(default=8, metadata={"help": "Global examples per optimiser step (all processes)."})
+    grad_accum: int = field(default=1, metadata={"help": "Micro-batches per process per step."})
+    lr: float = field(default=1e-3, metadata={"help": "Expert prompt learning rate (paper: 1e-3, constant)."})
+    gate_lr: float | None = field(default=None, metadata={"help": "Gate learning rate (default: lr)."})
+    recovery_steps: int = field(default=20, metadata={"help": "Input prompt (P^1) recovery steps (paper: 20)."})
+    recovery_lr: float = field(default=1e-3, metadata={"help": "Learning rate of the recovery stage."})
+    gate_pretrain_steps: int = field(default=300, metadata={"help": "Gate pretraining steps (0 = none)."})
+    gate_pretrain_lr: float = field(default=1e-3, metadata={"help": "Gate pretraining learning rate."})
+    gate_pretrain_examples: int = field(
+        default=1000, metadata={"help": "Instruction-only training examples for gate pretraining."}
+    )
+    gate_pretrain_batch_size: int = field(default=64, metadata={"help": "Gate pretraining batch size."})
+    eval_every: int = field(default=0, metadata={"help": "Evaluate every N steps (0: only at the end)."})
+    eval_limit_per_task: int | None = field(default=None, metadata={"help": "Test examples per task to score."})
+    eval_batch_size: int = field(default=8, metadata={"help": "Evaluation batch size."})
+    checkpoint_every: int = field(default=50, metadata={"help": "Checkpoint every N steps (0: never)."})
+    max_grad_norm: float | None = field(default=None, metadata={"help": "Clip gradients to this norm."})
+    seed: int = field(default=0, metadata={"help": "Seed of data order and initialisation."})
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "recovery_steps", "gate_pretrain_steps", "eval_every", "checkpoint_every"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("batch_size", "grad_accum", "eval_batch_size", "gate_pretrain_batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("lr", "recovery_lr", "gate_pretrain_lr"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"TrainConfig.{name} must be > 0, got {getattr(self, name)}")
+
+    @property
+    def effective_gate_lr(self) -> float:
+        return self.lr if self.gate_lr is None else self.gate_lr
+
+    def to_dict(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,135 @@
+"""The optimisation loop shared by every stage: deterministic batches, exact multi-process, checkpoints.
+
+Multi-process (``accelerate launch``): every process derives the same global batch from (seed, step) and
+takes its share; the loss is the summed NLL over the *global* number of target tokens, and gradients are
+summed across processes, so N processes compute exactly the 1-process step. Why not DDP: DDP fixes its set
+of trainable tensors when it wraps the model, while our stages switch them (P^1, then experts + gate);
+the gradients are a few kilobytes, so one all-reduce per tensor costs nothing.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from accelerate import Accelerator
+
+from mops.data.batching import collate
+from mops.data.tokenization import IGNORE_INDEX, Encoded
+from mops.errors import MopsError
+from mops.evaluation.perplexity import token_nll
+from mops.progress import progress_bar
+from mops.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from mops.training.config import TrainConfig
+from mops.training.logger import RunLogger
+from mops.training.sampler import shard, step_indices
+from mops.tuners.mops.model import MoPModel
+
+
+class TrainingError(MopsError):
+    """Training cannot go on (e.g. a non-finite loss); the last good checkpoint is kept."""
+
+
+@dataclass
+class Runtime:
+    """Where and how a run executes: accelerate state, logger, progress bars."""
+
+    accelerator: Accelerator
+    logger: RunLogger
+    progress: bool = True
+
+    @classmethod
+    def create(cls, run_dir: Path, device: str = "auto", progress: bool = True, tensorboard: bool = True) -> "Runtime":
+        acc = Accelerator(cpu=device == "cpu")
+        return cls(acc, RunLogger(run_dir, enabled=acc.is_main_process, tensorboard=tensorboard), progress)
+
+    @property
+    def rank(self) -> int:
+        return self.accelerator.process_index
+
+    @property
+    def world(self) -> int:
+        return self.accelerator.num_processes
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+
+def target_tokens(enc: Encoded) -> int:
+    """Positions that carry a loss (labels shifted by one)."""
+    return sum(label != IGNORE_INDEX for label in enc.labels[1:])
+
+
+def _diverged(stage: str, what: str, checkpoint_dir: Path | None) -> None:
+    last = latest_checkpoint(checkpoint_dir) if checkpoint_dir else None
+    raise TrainingError(
+        f"{stage}: {what}. Last good checkpoint: {last or 'none'}. Try a lower learning rate or --max-grad-norm."
+    )
+
+
+def train_steps(
+    model: MoPModel,
+    stage: str,
+    param_groups: list[dict],
+    data: Sequence[Encoded],
+    steps: int,
+    cfg: TrainConfig,
+    rt: Runtime,
+    pad_id: int,
+    checkpoint_dir: Path | None = None,
+    on_eval: Callable[[int], None] | None = None,
+) -> list[float]:
+    """Run `steps` optimiser steps (resuming from the latest checkpoint in `checkpoint_dir`); returns losses."""
+    params = [p for group in param_groups for p in group["params"]]
+    optimizer = torch.optim.AdamW(param_groups, weight_decay=0.0)
+    start, losses = 0, []
+    resume = latest_checkpoint(checkpoint_dir) if checkpoint_dir else None
+    if resume is not None:
+        adapter, state = load_checkpoint(resume, optimizer)
+        model.load_adapter_state(adapter)
+        start, losses = state["step"], state["losses"]
+    device = rt.accelerator.device
+    with progress_bar(steps, stage, enabled=rt.progress and rt.is_main) as advance:
+        advance(start)
+        for step in range(start, steps):
+            t0 = time.perf_counter()
+            indices = step_indices(len(data), cfg.batch_size, step, cfg.seed)
+            total = max(1, sum(target_tokens(data[i]) for i in indices))
+            local = torch.zeros((), dtype=torch.float64, device=device)
+            for micro in shard(indices, rt.rank, rt.world, cfg.grad_accum):
+                batch = collate([data[i] for i in micro], pad_id)
+                logits = model(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+                nll, _ = token_nll(logits, batch["labels"].to(device))
+                loss = nll.sum() / total
+                loss.backward()
+                local += loss.detach()
+            if rt.world > 1:
+                local = rt.accelerator.reduce(local, "sum")
+                for p in params:
+                    if p.grad is not None:
+                        p.grad = rt.accelerator.reduce(p.grad, "sum")
+            value = float(local)
+            if not math.isfinite(value):
+                _diverged(stage, f"loss is {value} at step {step + 1}; stopped before updating", checkpoint_dir)
+            if cfg.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if not all(bool(torch.isfinite(p).all()) for p in params):
+                _diverged(stage, f"parameters became non-finite in the update of step {step + 1}", checkpoint_dir)
+            losses.append(value)
+            seconds = time.perf_counter() - t0
+            tok_s = sum(len(data[i].input_ids) for i in indices) / seconds
+            rt.logger.log({"stage": stage, "step": step + 1, "loss": value, "seconds": seconds, "tokens_per_s": tok_s})
+            advance(loss=value, tok_s=round(tok_s))
+            if checkpoint_dir and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and rt.is_main:
+                save_checkpoint(checkpoint_dir, step + 1, model.adapter_state(), optimizer,
+                                {"stage": stage, "losses": losses})
+            if on_eval and cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < steps:
+                on_eval(step + 1)
+    return losses

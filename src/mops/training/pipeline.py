@@ -1,0 +1,200 @@
+"""The paper's pipeline: (1) P^1 recovery, (2) gate pretraining, (3) baseline and/or MoPs training.
+
+Each finished stage stores its adapter state and result under ``run_dir/stages/<name>``; a re-run with the
+same run folder skips finished stages and resumes the running one from its last checkpoint. Baseline and
+MoPs start from the same stored shared state (same P^1, same initial experts) and see the same batches.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+from safetensors.torch import load_file, save_file
+
+from mops.data import DataSplits, Encoded, Tokenizer
+from mops.data.selection import group_by_task
+from mops.evaluation.gating import gate_matrix
+from mops.evaluation.perplexity import evaluate_perplexity
+from mops.reports.figures import gate_heatmap_figure, loss_curves, save_gate_heatmap
+from mops.reports.tables import markdown_table
+from mops.training.config import TrainConfig
+from mops.training.gate_pretraining import pretrain_gate
+from mops.training.loop import Runtime, train_steps
+from mops.tuners.mops.model import MoPModel
+
+METHODS = ("baseline", "mops")
+
+
+@dataclass
+class Experiment:
+    """A model with its adapter, the data encoded once, and where results go."""
+
+    model: MoPModel
+    splits: DataSplits
+    train_cfg: TrainConfig
+    run_dir: Path
+    rt: Runtime
+    max_length: int = 256
+    template: str = "plain"
+    train_enc: list[Encoded] = field(init=False)
+    test_enc: list[Encoded] = field(init=False)
+
+    def __post_init__(self) -> None:
+        tok = Tokenizer(self.model.base.tokenizer, self.splits.tasks, self.max_length, self.template)
+        self.tokenizer = tok
+        self.train_enc = tok.encode_all(self.splits.train)
+        test = self.splits.test
+        if self.train_cfg.eval_limit_per_task is not None:
+            test = [ex for g in group_by_task(test).values() for ex in g[: self.train_cfg.eval_limit_per_task]]
+        self.test_enc = tok.encode_all(test)
+        self.pad_id = self.model.base.tokenizer.pad_token_id
+        self.device = self.rt.accelerator.device
+
+    # ---- stages ---------------------------------------------------------------------------------------
+    def cached_stage(self, name: str, run: Callable[[], dict]) -> dict:
+        """Run a stage once; afterwards load its stored adapter state and result instead."""
+        folder = self.run_dir / "stages" / name
+        if (folder / "result.json").is_file():
+            self.model.load_adapter_state(load_file(str(folder / "adapter.safetensors"), device=str(self.device)))
+            return json.loads((folder / "result.json").read_text())
+        t0 = time.perf_counter()
+        result = {**run(), "seconds": round(time.perf_counter() - t0, 1)}
+        if self.rt.is_main:
+            folder.mkdir(parents=True, exist_ok=True)
+            save_file(self.model.adapter_state(), str(folder / "adapter.safetensors"))
+            (folder / "result.json").write_text(json.dumps(result, indent=2))
+        self.rt.accelerator.wait_for_everyone()
+        return result
+
+    def recovery(self) -> dict:
+        """Stage 1: train P^1 as plain input prompt tuning, freeze it, start the experts from it."""
+
+        def run() -> dict:
+            losses: list[float] = []
+            cfg = self.train_cfg
+            if cfg.recovery_steps and self.model.config.num_input_prompts:
+                params = self.model.set_stage("recovery")
+                losses = train_steps(
+                    self.model, "recovery", [{"params": params, "lr": cfg.recovery_lr}], self.train_enc,
+                    cfg.recovery_steps, cfg, self.rt, self.pad_id, self.run_dir / "checkpoints" / "recovery",
+                )
+            self.model.set_stage("mop")
+            self.model.init_expert_prompts()
+            return {"losses": losses}
+
+        result = self.cached_stage("recovery", run)
+        self.model.set_stage("mop")
+        return result
+
+    def gate_pretraining(self) -> dict:
+        """Stage 2: the gate learns task -> expert on instructions only."""
+        cfg = self.train_cfg
+        n = cfg.gate_pretrain_examples
+        prompts = self.tokenizer.encode_all(
+            [ex for g in group_by_task(self.splits.train).values() for ex in g[: max(1, n // len(self.splits.tasks))]],
+            prompt_only=True,
+        )
+        return self.cached_stage("gate_pretrain", lambda: pretrain_gate(self.model, prompts, cfg, self.rt, self.pad_id)
+                                 if cfg.gate_pretrain_steps else {})
+
+    def train(self, method: str) -> dict:
+        """Stage 3: experts (+ gate for MoPs) for `train_cfg.steps`; evaluates along the way and at the end."""
+        cfg = self.train_cfg
+        self.model.config.use_gate = method == "mops"
+        self.model.set_stage("mop")
+        groups = [{"params": [self.model.expert_prompts], "lr": cfg.lr}]
+        if self.model.config.use_gate:
+            groups.append({"params": list(self.model.gate.parameters()), "lr": cfg.effective_gate_lr})
+        evals: list[dict] = []
+
+        def run() -> dict:
+            losses = train_steps(
+                self.model, method, groups, self.train_enc, cfg.steps, cfg, self.rt, self.pad_id,
+                self.run_dir / "checkpoints" / method, on_eval=lambda step: evals.append(self.evaluate(method, step)),
+            )
+            return {"losses": losses, "evals": evals, "final": self.evaluate(method, cfg.steps),
+                    "trainable_parameters": self.model.trainable_parameters()}
+
+        result = self.cached_stage(method, run)
+        if self.rt.is_main:
+            self.model.save_pretrained(self.run_dir / method / "adapter")
+        return result
+
+    # ---- evaluation -----------------------------------------------------------------------------------
+    def evaluate(self, label: str, step: int) -> dict:
+        """Per-task test PPL, plus the (task x expert) gate matrix when the gate is on."""
+        report = evaluate_perplexity(
+            self.model, self.test_enc, self.splits.tasks, self.pad_id, self.train_cfg.eval_batch_size, self.device,
+            progress=self.rt.progress and self.rt.is_main,
+        ).to_dict()
+        record: dict = {"stage": f"{label}_eval", "step": step, "eval_ppl": report["overall"]["ppl"]}
+        record.update({f"eval_ppl/{t}": s["ppl"] for t, s in report["per_task"].items()})
+        out = {"step": step, "ppl": report}
+        if self.model.config.use_gate and self.model.stage == "mop":
+            out["gate"] = self.gate_matrix()
+            self.rt.logger.figure(f"{label}/gate", gate_heatmap_figure(out["gate"], self.splits.tasks, f"{label} step {step}"), step)
+        self.rt.logger.log(record)
+        return out
+
+    def gate_matrix(self) -> list[list[float]]:
+        return gate_matrix(self.model, self.test_enc, len(self.splits.tasks), self.train_cfg.eval_batch_size, self.pad_id)
+
+
+def run_methods(exp: Experiment, methods: Sequence[str]) -> dict:
+    """Shared stages once, then each method from the same shared state. Writes results.json/.md and figures."""
+    results: dict = {"tasks": exp.splits.tasks, "settings": {"mop": exp.model.config.to_dict(),
+                                                            "train": exp.train_cfg.to_dict()}}
+    results["recovery"] = exp.recovery()
+    exp.model.set_stage("recovery")
+    results["input_prompts_only"] = exp.evaluate("input_prompts_only", 0)
+    exp.model.set_stage("mop")
+    if "mops" in methods:
+        exp.model.config.use_gate = True
+        results["gate_pretrain"] = exp.gate_pretraining()
+        results["gate_pretrain"]["gate"] = exp.gate_matrix()
+    shared = exp.model.adapter_state()
+    for method in methods:
+        exp.model.load_adapter_state(shared)
+        results[method] = exp.train(method)
+    if exp.rt.is_main:
+        write_reports(exp.run_dir, results, methods)
+    return results
+
+
+def _ppl(evaluation: dict, task: str) -> float:
+    report = evaluation["ppl"]
+    return report["overall"]["ppl"] if task == "overall" else report["per_task"][task]["ppl"]
+
+
+def comparison_rows(results: dict, methods: Sequence[str]) -> tuple[list[str], list[list[object]]]:
+    """Per-task PPL table: frozen input prompts, each method, and MoPs' gain over the baseline."""
+    headers = ["task", "input prompts only", *methods]
+    both = "baseline" in methods and "mops" in methods
+    if both:
+        headers.append("MoPs gain")
+    rows = []
+    for task in [*results["tasks"], "overall"]:
+        row: list[object] = [task, _ppl(results["input_prompts_only"], task)]
+        row += [_ppl(results[m]["final"], task) for m in methods]
+        if both:
+            base, mop = _ppl(results["baseline"]["final"], task), _ppl(results["mops"]["final"], task)
+            row.append(f"{100 * (base - mop) / base:+.1f}%")
+        rows.append(row)
+    return headers, rows
+
+
+def write_reports(run_dir: Path, results: dict, methods: Sequence[str]) -> None:
+    (run_dir / "results.json").write_text(json.dumps(results, indent=2))
+    headers, rows = comparison_rows(results, methods)
+    text = "Test perplexity on response tokens (lower is better). Gain = (baseline - MoPs) / baseline.\n\n"
+    (run_dir / "results.md").write_text(text + markdown_table(headers, rows))
+    tasks = results["tasks"]
+    if "gate_pretrain" in results and "gate" in results["gate_pretrain"]:
+        save_gate_heatmap(results["gate_pretrain"]["gate"], tasks, "gate after pretraining", run_dir / "gate_pretrained.png")
+    if "mops" in results:
+        save_gate_heatmap(results["mops"]["final"]["gate"], tasks, "gate after MoPs training", run_dir / "gate_final.png")
+    loss_curves({m: results[m]["losses"] for m in methods}, "training loss", run_dir / "loss.png")

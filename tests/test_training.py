@@ -1,0 +1,133 @@
+"""Training: resume equals uninterrupted, NaN stops cleanly, 2 processes equal 1, gate pretraining, CLI run."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mops.data import Example, Tokenizer
+from mops.models.loading import BaseModel
+from mops.training import Runtime, TrainConfig, TrainingError, train_steps
+from mops.training.checkpoint import latest_checkpoint
+from mops.training.gate_pretraining import pretrain_gate
+from mops.training.sampler import shard, step_indices
+from mops.tuners.mops.config import MoPConfig
+from mops.tuners.mops.model import MoPModel
+from tests.conftest import tiny_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def setup(tokenizer, tmp_path, **cfg):
+    base = BaseModel(tiny_model("llama"), tokenizer, "tiny", "memory")
+    model = MoPModel(base, MoPConfig(num_experts=2, prompts_per_expert=2, injection_layer=2, prompt_init="random"))
+    examples = [Example("ab"[i % 2], f"Question {i} about rivers" + " and mills" * (i % 4), "", f"Answer {i}")
+                for i in range(12)]
+    data = Tokenizer(tokenizer, ["a", "b"], 64).encode_all(examples)
+    rt = Runtime.create(tmp_path / "run", device="cpu", progress=False)
+    groups = [{"params": [model.expert_prompts], "lr": 1e-2}, {"params": list(model.gate.parameters()), "lr": 1e-2}]
+    return model, data, rt, groups, TrainConfig(**{"steps": 6, "batch_size": 3, "checkpoint_every": 2, **cfg})
+
+
+def test_sampler_is_a_function_of_seed_and_step():
+    first = [step_indices(10, 4, s, seed=3) for s in range(5)]
+    assert first == [step_indices(10, 4, s, seed=3) for s in range(5)]
+    assert sorted(sum(first[:2], []) + first[2][:2]) == list(range(10))  # epoch 0 covers every example once
+    assert first != [step_indices(10, 4, s, seed=4) for s in range(5)]
+    assert shard([0, 1, 2, 3, 4, 5], rank=1, world=2, grad_accum=2) == [[1, 3], [5]]
+
+
+def test_kill_and_resume_gives_the_same_loss_curve(tiny_tokenizer, tmp_path, monkeypatch):
+    model, data, rt, groups, cfg = setup(tiny_tokenizer, tmp_path / "a")
+    straight = train_steps(model, "mops", groups, data, cfg.steps, cfg, rt, 0, tmp_path / "a" / "ckpt")
+    final = model.expert_prompts.detach().clone()
+
+    model, data, rt, groups, cfg = setup(tiny_tokenizer, tmp_path / "b")
+    ckpt = tmp_path / "b" / "ckpt"
+    real_step = torch.optim.AdamW.step
+    calls = {"n": 0}
+
+    def dying_step(self, *a, **k):  # the process "dies" during step 5, after the step-4 checkpoint
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        train_steps(model, "mops", groups, data, cfg.steps, cfg, rt, 0, ckpt)
+    monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
+    assert latest_checkpoint(ckpt).name == "step-000004"
+
+    model, data, rt, groups, cfg = setup(tiny_tokenizer, tmp_path / "b")  # a fresh process
+    resumed = train_steps(model, "mops", groups, data, cfg.steps, cfg, rt, 0, ckpt)
+    assert resumed == pytest.approx(straight, rel=1e-6, abs=1e-7)
+    torch.testing.assert_close(model.expert_prompts.detach(), final)
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_tokenizer, tmp_path, monkeypatch):
+    model, data, rt, groups, cfg = setup(tiny_tokenizer, tmp_path, checkpoint_every=1)
+    real_step = torch.optim.AdamW.step
+    calls = {"n": 0}
+
+    def diverging_step(self, *a, **k):  # the second update diverges
+        out = real_step(self, *a, **k)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            with torch.no_grad():
+                model.expert_prompts[0, 0] = float("nan")
+        return out
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", diverging_step)
+    with pytest.raises(TrainingError, match=r"non-finite in the update of step 2. Last good checkpoint: .*step-000001"):
+        train_steps(model, "mops", groups, data, cfg.steps, cfg, rt, 0, tmp_path / "ckpt")
+    with torch.no_grad():
+        model.expert_prompts.fill_(float("nan"))  # a NaN loss (not an update) is caught before the update
+    monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
+    with pytest.raises(TrainingError, match=r"loss is nan at step 1; stopped before updating"):
+        train_steps(model, "mops", groups, data, cfg.steps, cfg, rt, 0, tmp_path / "fresh")
+    from safetensors.torch import load_file
+
+    last = load_file(str(latest_checkpoint(tmp_path / "ckpt") / "adapter.safetensors"))
+    assert all(torch.isfinite(t).all() for t in last.values())
+
+
+@pytest.mark.parametrize("grad_accum", [1, 2])
+def test_two_processes_match_one(tmp_path, grad_accum):
+    """torchrun sets RANK/WORLD_SIZE; accelerate picks them up (gloo on CPU)."""
+    outs = {}
+    for n in (1, 2):
+        out = tmp_path / f"p{n}" / "out.json"
+        out.parent.mkdir()
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n),
+               "--master_port", str(29500 + n + 10 * grad_accum), str(ROOT / "tests" / "dist_train.py"), str(out),
+               str(grad_accum)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        outs[n] = json.loads(out.read_text())
+    assert outs[2]["world"] == 2
+    assert outs[2]["losses"] == pytest.approx(outs[1]["losses"], rel=1e-5)
+    torch.testing.assert_close(torch.tensor(outs[2]["expert_prompts"]), torch.tensor(outs[1]["expert_prompts"]),
+                               rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(torch.tensor(outs[2]["gate.fc2.bias"]), torch.tensor(outs[1]["gate.fc2.bias"]),
+                               rtol=1e-4, atol=1e-6)
+
+
+def test_gate_pretraining_learns_task_to_expert(tiny_tokenizer, tmp_path):
+    base = BaseModel(tiny_model("llama"), tiny_tokenizer, "tiny", "memory")
+    model = MoPModel(base, MoPConfig(num_experts=2, prompts_per_expert=2, injection_layer=2))
+    examples = [Example("a", f"List {i} famous rivers of the world.", "", "-") for i in range(20)]
+    examples += [Example("b", f"Summarise: the cat {i} sat on the mat.", "", "-") for i in range(20)]
+    prompts = Tokenizer(tiny_tokenizer, ["a", "b"], 64).encode_all(examples, prompt_only=True)
+    rt = Runtime.create(tmp_path, device="cpu", progress=False)
+    cfg = TrainConfig(gate_pretrain_steps=300, gate_pretrain_lr=1e-2)
+    result = pretrain_gate(model, prompts, cfg, rt, pad_id=0)
+    assert result["gate_pretrain_accuracy"] == 1.0 and result["gate_pretrain_ce"] < math.log(2) / 2
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["stage"] == "gate_pretrain" and records[-1]["step"] == 300
