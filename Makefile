@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: setup
-	$(BIN)/mops eval --data dolly --limit-per-task 20
+	$(BIN)/mops demo
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -172,3 +172,18 @@ def test_collate_pads_right_and_left(tiny_tokenizer):
     assert right["attention_mask"][0, :n0].all() and not right["attention_mask"][0, n0:].any()
     assert left["attention_mask"][0, -n0:].all() and not left["attention_mask"][0, :-n0].any()
     assert (right["labels"][0, n0:] == IGNORE_INDEX).all()
+
+
+def test_json_list_of_records(tmp_path):
+    path = tmp_path / "records.json"
+    path.write_text(json.dumps([{"task": "t", "instruction": "i", "input": "", "output": "o"}, {"task": "t"}]))
+    with pytest.raises(DataError, match=r"records.json\[1\]: missing field 'instruction'"):
+        read_path(path)
+    assert len(read_path(path, skip_invalid=True).examples) == 1
+
+
+def test_hub_dataset_offline_gives_clear_message(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(DataError, match=r"could not load dataset 'someorg/no-such-data' from the Hugging Face Hub"):
+        load_splits("someorg/no-such-data")

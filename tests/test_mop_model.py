@@ -206,3 +206,12 @@ def test_config_validation(settings, message):
 def test_unsupported_attention_is_refused():
     with pytest.raises(ConfigError, match="sdpa and eager"):
         make_mop(attn="flex_attention")
+
+
+def test_unload_restores_the_plain_model():
+    mop = make_mop(prompt_init="random")
+    ids, mask = batch()
+    plain = tiny_model("llama")(input_ids=ids, attention_mask=mask).logits
+    lm = mop.unload()
+    assert lm.config._attn_implementation == "sdpa"
+    torch.testing.assert_close(lm(input_ids=ids, attention_mask=mask).logits, plain)

@@ -10,7 +10,7 @@ from mops.cli import data_cmd
 from mops.cli.common import JsonOpt, console, emit_json
 from mops.cli.eval_cmd import eval_command
 from mops.cli.generate_cmd import generate_command
-from mops.cli.train_cmd import train_command
+from mops.cli.train_cmd import demo_command, train_command
 from mops.errors import MopsError
 
 app = typer.Typer(help="Mixture of Prompts (MoPs) for compressed LLMs.", no_args_is_help=True, add_completion=False)
@@ -18,6 +18,7 @@ app.add_typer(data_cmd.app, name="data")
 app.command("eval")(eval_command)
 app.command("train")(train_command)
 app.command("generate")(generate_command)
+app.command("demo")(demo_command)
 
 
 @app.command("models")

@@ -134,3 +134,26 @@ def train_command(
     results = execute(req)
     if as_json:
         emit_json({m: results[m]["final"]["ppl"] for m in req.methods} | {"run_dir": str(output)})
+
+
+def demo_command(
+    output: Path = typer.Option(Path("runs/demo"), "--output", "-o", help="Run folder (re-running resumes)."),
+    model: str = ModelOpt,
+    data: str = DataOpt,
+    steps: int = typer.Option(30, "--steps", help="Steps for the baseline and for MoPs each."),
+    device: str = DeviceOpt,
+) -> None:
+    """The paper's comparison at CPU size (about 6 minutes on 2 cores with SmolLM2-135M).
+
+    Recovery prompts P^1, gate pretraining, then prompt tuning at layer 10 and MoPs (7 experts x 10 prompts)
+    for the same steps on the same batches; prints the per-task table, writes the gate heatmaps.
+    """
+    req = RunRequest(
+        model=model, data=data, tasks=None, total=5000, methods=["baseline", "mops"], output=output,
+        mop=dict(num_experts=7, prompts_per_expert=10),
+        train=dict(steps=steps, batch_size=4, lr=1e-2, gate_lr=1e-3, recovery_steps=5, recovery_lr=1e-2,
+                   gate_pretrain_steps=200, gate_pretrain_examples=140, eval_limit_per_task=10,
+                   checkpoint_every=10),
+        max_length=128, template="plain", dtype="auto", device=device, seed=0, skip_invalid=False,
+    )
+    execute(req)

@@ -45,6 +45,15 @@ class _Collector:
             raise DataError(text + " (use --skip-invalid to skip bad records)")
         self.result.skipped.append(text)
 
+    def add_record(self, record: Any, where: str) -> None:
+        """Validate one Dolly/mops record and keep it, or report what is wrong with it."""
+        try:
+            self.result.examples.append(record_to_example(record, where))
+        except KeyError as err:
+            self.fail(where, f"missing field '{err.args[0]}'")
+        except ValueError as err:
+            self.fail(where, str(err))
+
 
 def _text(record: dict, name: str, required: bool, nonempty: bool) -> str:
     """A string field; raises KeyError/ValueError with the field name for the caller to report."""
@@ -93,12 +102,7 @@ def read_jsonl(path: Path, skip_invalid: bool = False) -> LoadResult:
         except json.JSONDecodeError as err:
             out.fail(where, f"not valid JSON ({err.msg} at column {err.colno})")
             continue
-        try:
-            out.result.examples.append(record_to_example(record, where))
-        except KeyError as err:
-            out.fail(where, f"missing field '{err.args[0]}'")
-        except ValueError as err:
-            out.fail(where, str(err))
+        out.add_record(record, where)
     return out.result
 
 
@@ -148,13 +152,7 @@ def read_json(path: Path, skip_invalid: bool = False) -> LoadResult:
         raise DataError(f"{path}: expected an SNI task object or a list of records, got {type(data).__name__}")
     out = _Collector(skip_invalid)
     for index, record in enumerate(data):
-        where = f"{path}[{index}]"
-        try:
-            out.result.examples.append(record_to_example(record, where))
-        except KeyError as err:
-            out.fail(where, f"missing field '{err.args[0]}'")
-        except ValueError as err:
-            out.fail(where, str(err))
+        out.add_record(record, f"{path}[{index}]")
     return out.result
 
 
@@ -193,11 +191,5 @@ def read_hf_dataset(dataset_id: str, split: str = "train", skip_invalid: bool = 
         ) from err
     out = _Collector(skip_invalid)
     for index, record in enumerate(rows):
-        where = f"{dataset_id}[{split}][{index}]"
-        try:
-            out.result.examples.append(record_to_example(dict(record), where))
-        except KeyError as err:
-            out.fail(where, f"missing field '{err.args[0]}'")
-        except ValueError as err:
-            out.fail(where, str(err))
+        out.add_record(dict(record), f"{dataset_id}[{split}][{index}]")
     return out.result

@@ -13,8 +13,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 def gate_heatmap_figure(matrix: Sequence[Sequence[float]], tasks: Sequence[str], title: str):
     """Average gate weight per (task row, expert column), values printed in the cells."""
-    fig, ax = plt.subplots(figsize=(1.1 * len(matrix[0]) + 3.5, 0.45 * len(tasks) + 1.6))
-    image = ax.imshow(matrix, cmap="viridis", vmin=0.0, vmax=max(max(r) for r in matrix))
+    fig, ax = plt.subplots(figsize=(0.7 * len(matrix[0]) + 0.07 * max(len(t[:32]) for t in tasks) + 2.0,
+                                    0.42 * len(tasks) + 1.4))
+    image = ax.imshow(matrix, cmap="viridis", vmin=0.0, vmax=max(max(r) for r in matrix), aspect="auto")
     ax.set_xticks(range(len(matrix[0])), [f"E{e}" for e in range(len(matrix[0]))])
     ax.set_yticks(range(len(tasks)), [t[:32] for t in tasks])
     ax.set_xlabel("expert group")

@@ -135,7 +135,7 @@ class Experiment:
         record.update({f"eval_ppl/{t}": s["ppl"] for t, s in report["per_task"].items()})
         out = {"step": step, "ppl": report}
         if self.model.config.use_gate and self.model.stage == "mop":
-            out["gate"] = self.gate_matrix()
+            out["gate"] = record["gate"] = self.gate_matrix()
             self.rt.logger.figure(f"{label}/gate", gate_heatmap_figure(out["gate"], self.splits.tasks, f"{label} step {step}"), step)
         self.rt.logger.log(record)
         return out

@@ -75,13 +75,24 @@ class MoPModel(nn.Module):
         self._gate_mask: torch.Tensor | None = None  # (B, K + T) positions averaged for the gate
         self.last_gate_weights: torch.Tensor | None = None  # (B, E) of the last forward
         self._capture: list[torch.Tensor] | None = None
-        lm.set_attn_implementation(gated_name(lm.config._attn_implementation))
+        self._original_attn = lm.config._attn_implementation
+        lm.set_attn_implementation(gated_name(self._original_attn))
         for layer in self.layers:
             for module in layer.modules():
                 if hasattr(module, "layer_idx"):
                     module._mops_state = self.state
         self._hook = self.layers[config.injection_layer].register_forward_pre_hook(self._inject, with_kwargs=True)
         self.init_expert_prompts()
+
+    def unload(self) -> nn.Module:
+        """Detach from the base model (hook, attention state and implementation); returns the plain model."""
+        self._hook.remove()
+        for layer in self.layers:
+            for module in layer.modules():
+                if hasattr(module, "_mops_state"):
+                    del module._mops_state
+        self.lm.set_attn_implementation(self._original_attn)
+        return self.lm
 
     # ---- initialisation -------------------------------------------------------------------------------
     def _init_prompts(self, how: str, k: int, dtype: torch.dtype) -> torch.Tensor:

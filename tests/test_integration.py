@@ -1,0 +1,70 @@
+"""Integration tests on the real SmolLM2-135M (converted once per test run)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mops.data import Tokenizer, collate, load_splits
+from mops.data.selection import group_by_task
+from mops.evaluation import base_logits_fn, evaluate_perplexity
+from mops.tuners.mops.config import MoPConfig
+from mops.tuners.mops.model import MoPModel
+
+pytestmark = pytest.mark.integration
+
+
+def test_greedy_generation(smollm2):
+    ids = smollm2.tokenizer("The capital of France is", return_tensors="pt")
+    out = smollm2.model.generate(**ids, max_new_tokens=4, do_sample=False)
+    assert "Paris" in smollm2.tokenizer.decode(out[0, ids["input_ids"].shape[1] :])
+
+
+def test_base_perplexity_on_bundled_dolly(smollm2):
+    splits = load_splits("dolly")
+    test = [ex for g in group_by_task(splits.test).values() for ex in g[:2]]
+    enc = Tokenizer(smollm2.tokenizer, splits.tasks, 128).encode_all(test)
+    report = evaluate_perplexity(base_logits_fn(smollm2.model), enc, splits.tasks, smollm2.tokenizer.pad_token_id, 7)
+    assert 2.0 < report.overall.ppl < 60.0
+    assert all(s.tokens > 0 for s in report.per_task.values())
+
+
+def test_gate_changes_real_smollm2_logits_and_neutral_gate_is_no_gate(smollm2):
+    mop = MoPModel(smollm2, MoPConfig(num_experts=7, prompts_per_expert=2))
+    try:
+        assert mop.config.injection_layer == 10
+        enc = Tokenizer(smollm2.tokenizer, ["t"], 64)
+        from mops.data import Example
+
+        b = collate(enc.encode_all([Example("t", "Name three rivers.", "", "Nile, Amazon, Danube.")]), 2)
+        with torch.no_grad():
+            mop.gate.fc2.weight.zero_()
+            mop.gate.fc2.bias.zero_()
+            neutral = mop(b["input_ids"], b["attention_mask"])
+            mop.config.use_gate = False
+            plain = mop(b["input_ids"], b["attention_mask"])
+            mop.config.use_gate = True
+            mop.gate.fc2.bias[3] = 6.0
+            peaked = mop(b["input_ids"], b["attention_mask"])
+        torch.testing.assert_close(neutral, plain, rtol=1e-4, atol=1e-4)
+        assert (peaked - plain).abs().max() > 0.05
+    finally:
+        mop.unload()
+
+
+def test_concurrent_first_loads_do_not_corrupt_the_cache(tmp_path):
+    code = "from mops.models import load_base_model; b = load_base_model('smollm2-135m'); print(b.model.config.num_hidden_layers)"
+    env = {**os.environ, "MOPS_HOME": str(tmp_path)}
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][1][-2000:] + outs[1][1][-2000:]
+    assert [o[0].strip() for o in outs] == ["30", "30"]
+    folders = [p.name for p in (tmp_path / "models").iterdir()]
+    assert folders == ["smollm2-135m"]  # no temporary folder left behind
+    assert (Path(tmp_path) / "models" / "smollm2-135m" / "model.safetensors").is_file()
