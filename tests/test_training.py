@@ -131,3 +131,17 @@ def test_gate_pretraining_learns_task_to_expert(tiny_tokenizer, tmp_path):
     assert result["gate_pretrain_accuracy"] == 1.0 and result["gate_pretrain_ce"] < math.log(2) / 2
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["stage"] == "gate_pretrain" and records[-1]["step"] == 300
+
+
+def test_length_grouped_batches_cover_each_epoch_and_cut_padding():
+    gen = torch.Generator().manual_seed(0)
+    lengths = torch.randint(10, 200, (64,), generator=gen).tolist()
+    steps = [step_indices(64, 4, s, seed=1, lengths=lengths, window=8) for s in range(32)]
+    assert sorted(sum(steps[:16], [])) == list(range(64))  # windows of 8 batches x 4 = 32 examples
+    assert steps == [step_indices(64, 4, s, seed=1, lengths=lengths, window=8) for s in range(32)]
+
+    def padding(batches):
+        return sum(len(b) * max(lengths[i] for i in b) - sum(lengths[i] for i in b) for b in batches)
+
+    plain = [step_indices(64, 4, s, seed=1) for s in range(32)]
+    assert padding(steps) < 0.5 * padding(plain)

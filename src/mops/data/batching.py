@@ -28,8 +28,8 @@ def collate(batch: Sequence[Encoded], pad_id: int, left_pad: bool = False) -> di
     return {"input_ids": ids, "attention_mask": mask, "labels": labels, "task_ids": task_ids}
 
 
-def length_sorted_batches(encoded: Sequence[Encoded], batch_size: int) -> Iterator[list[Encoded]]:
-    """Batches of similar length (less padding) for evaluation, where order does not matter."""
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
+def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> Iterator[list[int]]:
+    """Index batches of similar length (less padding), for evaluation and caching where order does not matter."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     for start in range(0, len(order), batch_size):
-        yield [encoded[i] for i in order[start : start + batch_size]]
+        yield order[start : start + batch_size]

@@ -13,21 +13,35 @@ from mops.data.batching import collate, length_sorted_batches
 from mops.data.tokenization import IGNORE_INDEX, Encoded
 from mops.progress import progress_bar
 
-# (input_ids, attention_mask) -> logits (B, T, V) for the same positions as input_ids
-LogitsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# (batch, positions (P,)) -> logits (B, P, V) at those token positions only. The batch is `collate`'s dict on
+# the device plus "index": the examples' indices in the scored sequence (for cached activations).
+LogitsFn = Callable[[dict, torch.Tensor], torch.Tensor]
 
 
-def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def loss_positions(labels: torch.Tensor) -> torch.Tensor:
+    """(P,) positions j whose next token j+1 carries a label in some row: the only logits a loss needs.
+
+    Skipping the LM head elsewhere (instructions, padding) saves most of its cost: over a 49k vocabulary it
+    costs as much as several decoder layers.
+    """
+    return (labels[:, 1:] != IGNORE_INDEX).any(0).nonzero().squeeze(1)
+
+
+def token_nll(logits: torch.Tensor, labels: torch.Tensor, positions: torch.Tensor | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
     """Next-token NLL summed per example over labelled positions, in fp32.
 
-    logits: (B, T, V); labels: (B, T) with IGNORE_INDEX where there is no loss.
-    Returns (nll_sum (B,), token_count (B,)); mean NLL = nll_sum.sum() / token_count.sum(), which is
-    exactly what `model(input_ids, labels=labels).loss` computes for the same batch.
+    logits: (B, T, V), or (B, P, V) at `positions` (see `loss_positions`); labels: (B, T) with IGNORE_INDEX
+    where there is no loss. Returns (nll_sum (B,), token_count (B,)); mean NLL = nll_sum.sum() /
+    token_count.sum(), exactly what `model(input_ids, labels=labels).loss` computes for the same batch.
     """
-    target = labels[:, 1:]
+    if positions is None:
+        logits, target = logits[:, :-1], labels[:, 1:]
+    else:
+        target = labels[:, positions + 1]
     keep = target != IGNORE_INDEX
     rows = torch.arange(labels.shape[0], device=labels.device).unsqueeze(1).expand_as(target)[keep]
-    nll = F.cross_entropy(logits[:, :-1][keep].float(), target[keep], reduction="none")
+    nll = F.cross_entropy(logits[keep].float(), target[keep], reduction="none")
     sums = torch.zeros(labels.shape[0], dtype=torch.float64, device=labels.device).index_add_(0, rows, nll.double())
     return sums, keep.sum(dim=1)
 
@@ -66,6 +80,13 @@ class PerplexityReport:
         }
 
 
+def device_batch(batch: Sequence[Encoded], indices: Sequence[int], pad_id: int, device) -> dict:
+    """`collate` on `device`, plus the examples' ``index`` list."""
+    b = {k: v.to(device) for k, v in collate(batch, pad_id).items()}
+    b["index"] = list(indices)
+    return b
+
+
 @torch.no_grad()
 def evaluate_perplexity(
     logits_fn: LogitsFn,
@@ -78,12 +99,12 @@ def evaluate_perplexity(
 ) -> PerplexityReport:
     """Score `encoded` examples with `logits_fn`; batches are length-sorted, right-padded."""
     report = PerplexityReport({t: TaskScore() for t in tasks})
-    batches = list(length_sorted_batches(encoded, batch_size))
+    batches = list(length_sorted_batches([len(e.input_ids) for e in encoded], batch_size))
     with progress_bar(len(batches), "eval", enabled=progress) as advance:
-        for batch in batches:
-            b = collate(batch, pad_id)
-            logits = logits_fn(b["input_ids"].to(device), b["attention_mask"].to(device))
-            sums, counts = token_nll(logits, b["labels"].to(device))
+        for indices in batches:
+            b = device_batch([encoded[i] for i in indices], indices, pad_id, device)
+            positions = loss_positions(b["labels"])
+            sums, counts = token_nll(logits_fn(b, positions), b["labels"], positions)
             for task_id, s, c in zip(b["task_ids"].tolist(), sums.tolist(), counts.tolist()):
                 score = report.per_task[tasks[task_id]]
                 score.nll += s
@@ -93,5 +114,7 @@ def evaluate_perplexity(
 
 
 def base_logits_fn(model: torch.nn.Module) -> LogitsFn:
-    """The plain model as a `LogitsFn`."""
-    return lambda ids, mask: model(input_ids=ids, attention_mask=mask).logits
+    """The plain model as a `LogitsFn` (LM head only at `positions`)."""
+    return lambda b, positions: model(
+        input_ids=b["input_ids"], attention_mask=b["attention_mask"], logits_to_keep=positions
+    ).logits

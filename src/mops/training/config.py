@@ -30,6 +30,20 @@ class TrainConfig:
     checkpoint_every: int = field(default=50, metadata={"help": "Checkpoint every N steps (0: never)."})
     max_grad_norm: float | None = field(default=None, metadata={"help": "Clip gradients to this norm."})
     seed: int = field(default=0, metadata={"help": "Seed of data order and initialisation."})
+    group_by_length: bool = field(
+        default=True,
+        metadata={"help": "Batch examples of similar length together (less padding; the order is still a "
+                          "function of seed and step, the same for baseline and MoPs)."},
+    )
+    cache_activations: bool = field(
+        default=True,
+        metadata={"help": "Reuse the hidden states entering the injection layer across steps, epochs, evals and "
+                          "runs (exact; computed on first use, stored under MOPS_HOME/activations)."},
+    )
+    cache_dtype: str | None = field(
+        default=None, metadata={"help": "Storage dtype of the cache: float32, bfloat16, float16 (default: the "
+                                        "model's, which keeps training exact)."}
+    )
 
     def __post_init__(self) -> None:
         for name in ("steps", "recovery_steps", "gate_pretrain_steps", "eval_every", "checkpoint_every"):

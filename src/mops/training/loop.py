@@ -18,10 +18,9 @@ from typing import Callable, Sequence
 import torch
 from accelerate import Accelerator
 
-from mops.data.batching import collate
 from mops.data.tokenization import IGNORE_INDEX, Encoded
 from mops.errors import MopsError
-from mops.evaluation.perplexity import token_nll
+from mops.evaluation.perplexity import LogitsFn, device_batch, loss_positions, token_nll
 from mops.progress import progress_bar
 from mops.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from mops.training.config import TrainConfig
@@ -83,8 +82,14 @@ def train_steps(
     pad_id: int,
     checkpoint_dir: Path | None = None,
     on_eval: Callable[[int], None] | None = None,
+    logits_fn: LogitsFn | None = None,
 ) -> list[float]:
-    """Run `steps` optimiser steps (resuming from the latest checkpoint in `checkpoint_dir`); returns losses."""
+    """Run `steps` optimiser steps (resuming from the latest checkpoint in `checkpoint_dir`); returns losses.
+
+    `logits_fn` computes the batch's logits (default: the full forward of `model`; see `mop_logits_fn` for
+    the prefix cache); the LM head runs only where the loss is.
+    """
+    logits_fn = logits_fn or (lambda b, positions: model(b["input_ids"], b["attention_mask"], positions))
     params = [p for group in param_groups for p in group["params"]]
     optimizer = torch.optim.AdamW(param_groups, weight_decay=0.0)
     start, losses = 0, []
@@ -94,17 +99,18 @@ def train_steps(
         model.load_adapter_state(adapter)
         start, losses = state["step"], state["losses"]
     device = rt.accelerator.device
+    lengths = [len(e.input_ids) for e in data] if cfg.group_by_length else None
     with progress_bar(steps, stage, enabled=rt.progress and rt.is_main) as advance:
         advance(start)
         for step in range(start, steps):
             t0 = time.perf_counter()
-            indices = step_indices(len(data), cfg.batch_size, step, cfg.seed)
+            indices = step_indices(len(data), cfg.batch_size, step, cfg.seed, lengths)
             total = max(1, sum(target_tokens(data[i]) for i in indices))
             local = torch.zeros((), dtype=torch.float64, device=device)
             for micro in shard(indices, rt.rank, rt.world, cfg.grad_accum):
-                batch = collate([data[i] for i in micro], pad_id)
-                logits = model(batch["input_ids"].to(device), batch["attention_mask"].to(device))
-                nll, _ = token_nll(logits, batch["labels"].to(device))
+                batch = device_batch([data[i] for i in micro], micro, pad_id, device)
+                positions = loss_positions(batch["labels"])
+                nll, _ = token_nll(logits_fn(batch, positions), batch["labels"], positions)
                 loss = nll.sum() / total
                 loss.backward()
                 local += loss.detach()

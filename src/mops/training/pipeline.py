@@ -25,6 +25,7 @@ from mops.training.config import TrainConfig
 from mops.training.gate_pretraining import pretrain_gate
 from mops.training.loop import Runtime, train_steps
 from mops.tuners.mops.model import MoPModel
+from mops.tuners.mops.prefix_cache import mop_logits_fn, open_prefix_cache
 
 METHODS = ("baseline", "mops")
 
@@ -53,6 +54,16 @@ class Experiment:
         self.test_enc = tok.encode_all(test)
         self.pad_id = self.model.base.tokenizer.pad_token_id
         self.device = self.rt.accelerator.device
+
+    def logits_fn(self, split: str):
+        """Forward for `split` (train/test): from the prefix cache in the MoP stage when enabled.
+
+        The cache is keyed by P^1 among others, so opening it after recovery finds the right one.
+        """
+        if not (self.train_cfg.cache_activations and self.model.stage == "mop"):
+            return mop_logits_fn(self.model)
+        encoded = self.train_enc if split == "train" else self.test_enc
+        return mop_logits_fn(self.model, open_prefix_cache(self.model, encoded, self.pad_id, self.train_cfg.cache_dtype))
 
     # ---- stages ---------------------------------------------------------------------------------------
     def cached_stage(self, name: str, run: Callable[[], dict]) -> dict:
@@ -115,6 +126,7 @@ class Experiment:
             losses = train_steps(
                 self.model, method, groups, self.train_enc, cfg.steps, cfg, self.rt, self.pad_id,
                 self.run_dir / "checkpoints" / method, on_eval=lambda step: evals.append(self.evaluate(method, step)),
+                logits_fn=self.logits_fn("train"),
             )
             return {"losses": losses, "evals": evals, "final": self.evaluate(method, cfg.steps),
                     "trainable_parameters": self.model.trainable_parameters()}
@@ -128,7 +140,7 @@ class Experiment:
     def evaluate(self, label: str, step: int) -> dict:
         """Per-task test PPL, plus the (task x expert) gate matrix when the gate is on."""
         report = evaluate_perplexity(
-            self.model, self.test_enc, self.splits.tasks, self.pad_id, self.train_cfg.eval_batch_size, self.device,
+            self.logits_fn("test"), self.test_enc, self.splits.tasks, self.pad_id, self.train_cfg.eval_batch_size, self.device,
             progress=self.rt.progress and self.rt.is_main,
         ).to_dict()
         record: dict = {"stage": f"{label}_eval", "step": step, "eval_ppl": report["overall"]["ppl"]}

@@ -40,6 +40,11 @@ class _StopForward(Exception):
     """Raised by the injection hook to end a forward early (gate-only passes)."""
 
 
+def _passthrough(hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    """A decoder layer that returns its input (the layers below the injection layer, on cached inputs)."""
+    return hidden_states
+
+
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
     """The decoder layer list of any HF causal LM (via get_decoder(), else the ModuleList of depth L)."""
     depth = model.config.num_hidden_layers
@@ -74,7 +79,8 @@ class MoPModel(nn.Module):
         self.stage: Stage = "mop"
         self._gate_mask: torch.Tensor | None = None  # (B, K + T) positions averaged for the gate
         self.last_gate_weights: torch.Tensor | None = None  # (B, E) of the last forward
-        self._capture: list[torch.Tensor] | None = None
+        self._capture: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self._skip_injection = False  # set during `forward_cached`: the experts are already in place
         self._original_attn = lm.config._attn_implementation
         lm.set_attn_implementation(gated_name(self._original_attn))
         for layer in self.layers:
@@ -152,7 +158,7 @@ class MoPModel(nn.Module):
 
     def _inject(self, module: nn.Module, args: tuple, kwargs: dict):
         """Pre-hook on layer L_int: gate from the mean hidden state, then experts replace the slots."""
-        if self.stage != "mop":
+        if self.stage != "mop" or self._skip_injection:
             return None
         hidden = args[0] if args else kwargs["hidden_states"]
         k = self.config.num_prompts
@@ -162,21 +168,30 @@ class MoPModel(nn.Module):
         mask = nn.functional.pad(mask, (0, hidden.shape[1] - mask.shape[1]))  # tokens generated later: not averaged
         avg_emb = (hidden * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True)  # (B, d)
         if self._capture is not None:
-            self._capture.append(avg_emb)
+            self._capture.append((hidden, avg_emb))
             raise _StopForward
+        hidden = self._apply_experts(hidden[:, k:], avg_emb)
+        if args:
+            return (hidden, *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": hidden}
+
+    def _apply_experts(self, token_states: torch.Tensor, avg_emb: torch.Tensor) -> torch.Tensor:
+        """Set the gate's attention bias from avg_emb (B, d); -> experts + token states (B, K+T, d)."""
         if self.config.use_gate:
             weights = self.gate(avg_emb)
             self.last_gate_weights = weights.detach()
             self.state.slot_bias = log_weights(weights, self.config.gate_mode).repeat_interleave(
                 self.config.prompts_per_expert, dim=-1
             )
-        experts = self.expert_prompts.to(hidden.dtype).unsqueeze(0).expand(hidden.shape[0], -1, -1)
-        hidden = torch.cat([experts, hidden[:, k:]], dim=1)
-        if args:
-            return (hidden, *args[1:]), kwargs
-        return args, {**kwargs, "hidden_states": hidden}
+        experts = self.expert_prompts.to(token_states.dtype).unsqueeze(0).expand(token_states.shape[0], -1, -1)
+        return torch.cat([experts, token_states], dim=1)
 
-    def _prepare(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _keep(self, positions: torch.Tensor | None, length: int, device) -> torch.Tensor:
+        """Sequence indices (slots included) whose logits to compute: `positions` or every token position."""
+        k = self.config.num_prompts
+        return (torch.arange(length, device=device) if positions is None else positions) + k
+
+    def prepare_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Slots + token embeddings (B, K+T, d) and the full attention mask (B, K+T)."""
         b = input_ids.shape[0]
         k = self.config.num_prompts
@@ -191,15 +206,20 @@ class MoPModel(nn.Module):
         self.state.slot_bias = None
         return embeds, full
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """(B, T) ids and mask -> logits (B, T, V) at the token positions (slots dropped)."""
-        embeds, full = self._prepare(input_ids, attention_mask)
-        logits = self.lm(inputs_embeds=embeds, attention_mask=full, use_cache=False).logits
-        return logits[:, self.config.num_prompts :]
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B, T) ids and mask -> logits (B, T, V) at the token positions, or (B, P, V) at `positions` (P,)."""
+        embeds, full = self.prepare_inputs(input_ids, attention_mask)
+        keep = self._keep(positions, input_ids.shape[1], input_ids.device)
+        return self.lm(inputs_embeds=embeds, attention_mask=full, use_cache=False, logits_to_keep=keep).logits
 
-    def gate_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """(B, d) mean hidden state entering the injection layer; runs only the layers below it."""
-        embeds, full = self._prepare(input_ids, attention_mask)
+    def prefix_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run only the layers below the injection layer.
+
+        Returns the token hidden states entering it (B, T, d) and the gate input avg_emb (B, d).
+        """
+        embeds, full = self.prepare_inputs(input_ids, attention_mask)
         self._capture = []
         saved = self.stage
         self.stage = "mop"
@@ -210,12 +230,44 @@ class MoPModel(nn.Module):
         finally:
             self.stage = saved
             captured, self._capture = self._capture, None
-        return captured[0]
+        hidden, avg_emb = captured[0]
+        return hidden[:, self.config.num_prompts :], avg_emb
+
+    def gate_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, d) mean hidden state entering the injection layer; runs only the layers below it."""
+        return self.prefix_states(input_ids, attention_mask)[1]
+
+    def forward_cached(
+        self, token_states: torch.Tensor, attention_mask: torch.Tensor, avg_emb: torch.Tensor,
+        positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """`forward` from cached `prefix_states`: only the layers from the injection layer on run.
+
+        token_states: (B, T, d) hidden states entering the injection layer; attention_mask: (B, T);
+        avg_emb: (B, d). Returns logits like `forward`. The layers below are made identities for this call
+        (the model's own loop, masks and rotary embeddings are untouched), so any architecture works whose
+        decoder layers return their hidden states.
+        """
+        b, t = attention_mask.shape
+        ones = torch.ones(b, self.config.num_prompts, dtype=attention_mask.dtype, device=attention_mask.device)
+        self.state.slot_bias = None
+        hidden = self._apply_experts(token_states.to(self.lm.dtype), avg_emb)
+        keep = self._keep(positions, t, attention_mask.device)
+        self._skip_injection = True
+        for layer in self.layers[: self.config.injection_layer]:
+            layer.forward = _passthrough
+        try:
+            return self.lm(inputs_embeds=hidden, attention_mask=torch.cat([ones, attention_mask], 1),
+                           use_cache=False, logits_to_keep=keep).logits
+        finally:
+            self._skip_injection = False
+            for layer in self.layers[: self.config.injection_layer]:
+                del layer.forward
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs) -> torch.Tensor:
         """Left-padded prompts (B, T) -> new tokens (B, N). The gate is computed from the prompt."""
-        embeds, full = self._prepare(input_ids, attention_mask)
+        embeds, full = self.prepare_inputs(input_ids, attention_mask)
         kwargs.setdefault("pad_token_id", self.base.tokenizer.pad_token_id)
         return self.lm.generate(inputs_embeds=embeds, attention_mask=full, **kwargs)
 
