@@ -120,7 +120,7 @@ def main() -> None:
         layer = MoPConfig().validate_for(base.model.config.num_hidden_layers).injection_layer
         k = MoPConfig().num_prompts
         peft_model = get_peft_model(base.model, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=k))
-        peft_fn = lambda b, p: peft_model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, k:][:, p]
+        peft_fn = lambda b, p, m=peft_model, k=k: m(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, k:][:, p]
         params = [p for p in peft_model.parameters() if p.requires_grad]
         timings["peft PromptTuning@0"] = timed(trainer(peft_fn, params, batch_sets[False]), args.steps, args.warmup, device)
         per_step_tokens["peft PromptTuning@0"] = tokens[False]

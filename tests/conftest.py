@@ -94,18 +94,29 @@ def _isolated_home(tmp_path_factory, monkeypatch) -> None:
         monkeypatch.setenv("MOPS_HOME", str(tmp_path_factory.mktemp("mops_home")))
 
 
-@pytest.fixture(scope="session")
-def smollm2():
-    """The real SmolLM2-135M, converted once per test run into a session cache folder."""
+def _load_real(name: str):
+    """A packaged model, converted once into a cache shared by test runs (MOPS_TEST_MODEL_HOME)."""
     from mops.models import load_base_model
 
     home = Path(os.environ.get("MOPS_TEST_MODEL_HOME", Path.home() / ".cache" / "mops-test"))
     old = os.environ.get("MOPS_HOME")
     os.environ["MOPS_HOME"] = str(home)
     try:
-        return load_base_model("smollm2-135m")
+        return load_base_model(name)
     finally:
         if old is None:
             os.environ.pop("MOPS_HOME", None)
         else:
             os.environ["MOPS_HOME"] = old
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The real SmolLM2-135M (Llama architecture, 30 layers)."""
+    return _load_real("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def gemma3():
+    """The real Gemma 3 270M (18 layers, sliding-window + full attention)."""
+    return _load_real("gemma3-270m")

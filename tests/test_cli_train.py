@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.test_cli import run_cli
 
 ARGS = ["--data", "dolly", "--total", "70", "--max-length", "48", "--num-experts", "7", "--prompts-per-expert", "1",
@@ -41,6 +43,11 @@ def test_train_writes_everything_and_resumes(tmp_path, tiny_model_dir):
     assert step_records(run) == steps_before  # finished stages are not trained again
     assert json.loads(again.stdout)["mops"] == summary["mops"]
 
+    scored = run_cli("eval", "--model", str(tiny_model_dir), "--adapter", str(run / "mops" / "adapter"), "--data",
+                     "dolly", "--total", "70", "--max-length", "48", "--json")
+    assert scored.returncode == 0, scored.stderr[-3000:]
+    assert json.loads(scored.stdout)["overall"]["ppl"] == pytest.approx(summary["mops"]["overall"]["ppl"], rel=1e-4)
+
     gen = run_cli("generate", "Name a colour.", "Name a river.", "--model", str(tiny_model_dir), "--adapter",
                   str(run / "mops" / "adapter"), "--max-new-tokens", "5", "--json")
     assert gen.returncode == 0, gen.stderr[-3000:]
@@ -54,3 +61,22 @@ def test_train_rejects_bad_method_and_layer(tmp_path, tiny_model_dir):
     assert out.returncode == 2 and "--method must be baseline, mops or both" in out.stderr
     out = run_cli("train", "--model", str(tiny_model_dir), "--total", "70", "--injection-layer", "9", "-o", str(tmp_path))
     assert out.returncode == 2 and "injection_layer must be in [0, 3]" in out.stderr
+
+
+def test_paired_comparison_over_seeds(tmp_path, tiny_model_dir):
+    run = tmp_path / "seeds"
+    out = run_cli("train", "--model", str(tiny_model_dir), *ARGS, "--seeds", "3,4", "-o", str(run), "--json")
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["seeds"] == [3, 4] and (run / "summary.md").is_file()
+    gains = []
+    for seed in (3, 4):
+        final = json.loads((run / f"seed-{seed}" / "results.json").read_text())
+        base, mop = (final[m]["final"]["ppl"]["overall"]["ppl"] for m in ("baseline", "mops"))
+        gains.append(100 * (base - mop) / base)
+    overall = summary["gain_percent"]["overall"]
+    assert overall["per_seed"] == pytest.approx(gains)
+    assert overall["mean"] == pytest.approx(sum(gains) / 2)
+    assert len(summary["gain_percent"]) == 8  # 7 tasks + overall
+    bad = run_cli("train", "--model", str(tiny_model_dir), "--seeds", "1,x", "-o", str(tmp_path / "bad"))
+    assert bad.returncode == 2 and "--seeds must be distinct integers" in bad.stderr

@@ -68,3 +68,32 @@ def test_concurrent_first_loads_do_not_corrupt_the_cache(tmp_path):
     folders = [p.name for p in (tmp_path / "models").iterdir()]
     assert folders == ["smollm2-135m"]  # no temporary folder left behind
     assert (Path(tmp_path) / "models" / "smollm2-135m" / "model.safetensors").is_file()
+
+
+def test_real_gemma3_270m_with_mops(gemma3):
+    """A second real architecture: injection at layer 6 of 18, gate semantics and cached generation."""
+    from mops.data import Example
+
+    mop = MoPModel(gemma3, MoPConfig(num_experts=7, prompts_per_expert=2))
+    try:
+        assert mop.config.injection_layer == 6
+        tok = Tokenizer(gemma3.tokenizer, ["t"], 64)
+        b = collate(tok.encode_all([Example("t", "Name three rivers.", "", "Nile, Amazon, Danube.")]),
+                    gemma3.tokenizer.pad_token_id)
+        with torch.no_grad():
+            mop.gate.fc2.weight.zero_()
+            mop.gate.fc2.bias.zero_()
+            neutral = mop(b["input_ids"], b["attention_mask"])
+            mop.config.use_gate = False
+            plain = mop(b["input_ids"], b["attention_mask"])
+            mop.config.use_gate = True
+            mop.gate.fc2.bias[3] = 6.0
+            peaked = mop(b["input_ids"], b["attention_mask"])
+        torch.testing.assert_close(neutral, plain, rtol=1e-4, atol=1e-3)
+        assert (peaked - plain).abs().max() > 0.05
+        prompt = collate(tok.encode_all([Example("t", "Name a colour.", "", "x")], prompt_only=True), 0)
+        kw = dict(max_new_tokens=4, min_new_tokens=4, do_sample=False)
+        cached = mop.generate(prompt["input_ids"], prompt["attention_mask"], **kw)
+        assert torch.equal(cached, mop.generate(prompt["input_ids"], prompt["attention_mask"], use_cache=False, **kw))
+    finally:
+        mop.unload()

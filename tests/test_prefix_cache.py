@@ -80,3 +80,14 @@ def test_cached_evaluation_equals_uncached(tiny_tokenizer, tmp_path):
     full = evaluate_perplexity(mop_logits_fn(mop), enc, ["a", "b"], 0, batch_size=3)
     cached = evaluate_perplexity(mop_logits_fn(mop, cache), enc, ["a", "b"], 0, batch_size=3)
     assert full.overall.ppl == pytest.approx(cached.overall.ppl, rel=1e-5)
+
+
+def test_gate_inputs_from_cache_equal_running_the_lower_layers(tiny_tokenizer, tmp_path):
+    from mops.evaluation.gating import gate_features
+
+    mop = make_mop(tokenizer=tiny_tokenizer)
+    enc = encoded(tiny_tokenizer)
+    cache = open_prefix_cache(mop, enc, pad_id=0, root=tmp_path)
+    feats, task_ids = gate_features(mop, enc, batch_size=4, pad_id=0)
+    torch.testing.assert_close(cache.gate_inputs(range(len(enc))), feats, rtol=1e-5, atol=1e-6)
+    assert task_ids.tolist() == [e.task_id for e in enc]

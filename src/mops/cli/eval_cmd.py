@@ -16,11 +16,14 @@ from mops.data import Tokenizer, load_splits
 from mops.data.selection import group_by_task
 from mops.evaluation import base_logits_fn, evaluate_perplexity
 from mops.models import load_base_model
+from mops.tuners.mops.model import MoPModel
+from mops.tuners.mops.prefix_cache import mop_logits_fn
 from mops.reports.tables import ppl_rows, rich_table
 
 
 def eval_command(
     model: str = ModelOpt,
+    adapter: Optional[Path] = typer.Option(None, "--adapter", "-a", help="Score base + this MoPs adapter folder."),
     data: str = DataOpt,
     tasks: Optional[str] = TasksOpt,
     total: int = TotalOpt,
@@ -36,7 +39,7 @@ def eval_command(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Also write the results JSON here."),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Perplexity on response tokens, per task and overall."""
+    """Perplexity on response tokens, per task and overall (of the base model, or base + --adapter)."""
     if split not in ("test", "train"):
         raise typer.BadParameter("use test or train", param_hint="--split")
     splits = load_splits(data, tasks, total, seed=seed, skip_invalid=skip_invalid)
@@ -47,13 +50,16 @@ def eval_command(
     base = load_base_model(model, dtype=dtype, device=device)
     load_s = time.perf_counter() - t0
     encoded = Tokenizer(base.tokenizer, splits.tasks, max_length, template).encode_all(examples)
+    logits_fn = base_logits_fn(base.model)
+    if adapter is not None:
+        logits_fn = mop_logits_fn(MoPModel.from_pretrained(base, adapter))
     t0 = time.perf_counter()
     report = evaluate_perplexity(
-        base_logits_fn(base.model), encoded, splits.tasks, base.tokenizer.pad_token_id, batch_size,
-        base.model.device, progress=not as_json,
+        logits_fn, encoded, splits.tasks, base.tokenizer.pad_token_id, batch_size, base.model.device,
+        progress=not as_json,
     )
     payload = {
-        "model": model, "data": data, "split": split, "examples": len(encoded), "max_length": max_length,
+        "model": model, "adapter": str(adapter) if adapter else None, "data": data, "split": split, "examples": len(encoded), "max_length": max_length,
         "template": template, "seed": seed, "load_seconds": round(load_s, 2),
         "eval_seconds": round(time.perf_counter() - t0, 2), **report.to_dict(),
     }

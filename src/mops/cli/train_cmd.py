@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 
 from mops.cli.common import (
-    DataOpt, DeviceOpt, DtypeOpt, JsonOpt, MaxLenOpt, ModelOpt, SeedOpt, SkipOpt, TasksOpt, TemplateOpt,
+    DataOpt, DeviceOpt, DtypeOpt, JsonOpt, MaxLenOpt, ModelOpt, SkipOpt, TasksOpt, TemplateOpt,
     TotalOpt, console, emit_json,
 )
 from mops.errors import ConfigError
@@ -33,7 +33,7 @@ class RunRequest:
     template: str
     dtype: str
     device: str
-    seed: int
+    seeds: list[int]
     skip_invalid: bool
     progress: bool = True
 
@@ -48,37 +48,61 @@ def parse_methods(text: str) -> list[str]:
     return methods
 
 
+def parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds must be distinct integers separated by commas, got {text!r}")
+    return seeds
+
+
 def execute(req: RunRequest) -> dict:
-    """Load, build, train; returns results (also written to the run folder)."""
+    """Load once; for each seed, train (baseline and/or MoPs from shared stages) into its run folder.
+
+    One seed writes into `req.output`; several write `req.output/seed-N` plus `summary.{json,md}` (paired
+    gains, mean +- std). The data selection and split use the first seed, so every seed sees the same test set.
+    """
     from mops.data import load_splits
     from mops.models import load_base_model
     from mops.training import Experiment, Runtime, TrainConfig, run_methods
     from mops.training.pipeline import comparison_rows
+    from mops.training.seeds import summarize_seeds, summary_markdown
     from mops.tuners.mops.config import MoPConfig
+    from mops.tuners.mops.model import MoPModel
 
-    mop_cfg = MoPConfig(**req.mop)
-    train_cfg = TrainConfig(**req.train, seed=req.seed)
-    splits = load_splits(req.data, req.tasks, req.total, seed=req.seed, skip_invalid=req.skip_invalid)
+    splits = load_splits(req.data, req.tasks, req.total, seed=req.seeds[0], skip_invalid=req.skip_invalid)
     if splits.skipped:
         console.print(f"[yellow]skipped {len(splits.skipped)} invalid records; first: {splits.skipped[0]}")
-    mop_cfg.tasks = splits.tasks
     req.output.mkdir(parents=True, exist_ok=True)
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in req.__dict__.items()}
     (req.output / "run_config.json").write_text(json.dumps(settings, indent=2))
-    rt = Runtime.create(req.output, device=req.device, progress=req.progress)
-    base = load_base_model(req.model, dtype=req.dtype, device=str(rt.accelerator.device))
-    from mops.tuners.mops.model import MoPModel
-
-    model = MoPModel(base, mop_cfg)
-    exp = Experiment(model, splits, train_cfg, req.output, rt, req.max_length, req.template)
-    results = run_methods(exp, req.methods)
-    rt.logger.close()
-    if rt.is_main and req.progress:
-        headers, rows = comparison_rows(results, req.methods)
-        console.print(rich_table(f"test PPL ({req.data}, {req.model})", headers, rows))
-        console.print(f"results: {req.output}/results.md, figures: {req.output}/*.png, "
-                      f"adapters: {', '.join(f'{req.output}/{m}/adapter' for m in req.methods)}")
-    return results
+    base = None
+    per_seed: dict[int, dict] = {}
+    for seed in req.seeds:
+        run_dir = req.output if len(req.seeds) == 1 else req.output / f"seed-{seed}"
+        rt = Runtime.create(run_dir, device=req.device, progress=req.progress)
+        base = base or load_base_model(req.model, dtype=req.dtype, device=str(rt.accelerator.device))
+        model = MoPModel(base, MoPConfig(**req.mop, tasks=splits.tasks, init_seed=seed))
+        exp = Experiment(model, splits, TrainConfig(**req.train, seed=seed), run_dir, rt, req.max_length, req.template)
+        per_seed[seed] = run_methods(exp, req.methods)
+        rt.logger.close()
+        model.unload()
+        if rt.is_main and req.progress:
+            headers, rows = comparison_rows(per_seed[seed], req.methods)
+            console.print(rich_table(f"test PPL ({req.data}, {req.model}, seed {seed})", headers, rows))
+            console.print(f"results: {run_dir}/results.md, figures: {run_dir}/*.png, "
+                          f"adapters: {', '.join(f'{run_dir}/{m}/adapter' for m in req.methods)}")
+    if len(req.seeds) == 1:
+        return per_seed[req.seeds[0]]
+    summary = summarize_seeds(per_seed, splits.tasks) if set(req.methods) == {"baseline", "mops"} else {}
+    if summary:
+        (req.output / "summary.json").write_text(json.dumps(summary, indent=2))
+        (req.output / "summary.md").write_text(summary_markdown(summary))
+        if req.progress:
+            console.print(summary_markdown(summary), highlight=False)
+    return {"per_seed": per_seed, "summary": summary}
 
 
 def train_command(
@@ -116,7 +140,8 @@ def train_command(
     template: str = TemplateOpt,
     dtype: str = DtypeOpt,
     device: str = DeviceOpt,
-    seed: int = SeedOpt,
+    seeds: str = typer.Option("0", "--seeds", "--seed", help="Training seed, or several (0,1,2) for a paired comparison "
+                                                          "over seeds (mean +- std of MoPs' gain)."),
     skip_invalid: bool = SkipOpt,
     as_json: bool = JsonOpt,
 ) -> None:
@@ -133,12 +158,15 @@ def train_command(
                    checkpoint_every=checkpoint_every, max_grad_norm=max_grad_norm, cache_activations=cache,
                    group_by_length=group_by_length,
                    cache_dtype=cache_dtype),
-        max_length=max_length, template=template, dtype=dtype, device=device, seed=seed,
+        max_length=max_length, template=template, dtype=dtype, device=device, seeds=parse_seeds(seeds),
         skip_invalid=skip_invalid, progress=not as_json,
     )
     results = execute(req)
     if as_json:
-        emit_json({m: results[m]["final"]["ppl"] for m in req.methods} | {"run_dir": str(output)})
+        if len(req.seeds) > 1:
+            emit_json({"summary": results["summary"], "run_dir": str(output)})
+        else:
+            emit_json({m: results[m]["final"]["ppl"] for m in req.methods} | {"run_dir": str(output)})
 
 
 def demo_command(
@@ -159,6 +187,6 @@ def demo_command(
         train=dict(steps=steps, batch_size=4, lr=1e-2, gate_lr=1e-3, recovery_steps=5, recovery_lr=1e-2,
                    gate_pretrain_steps=200, gate_pretrain_examples=140, eval_limit_per_task=10,
                    checkpoint_every=10),
-        max_length=128, template="plain", dtype="auto", device=device, seed=0, skip_invalid=False,
+        max_length=128, template="plain", dtype="auto", device=device, seeds=[0], skip_invalid=False,
     )
     execute(req)

@@ -29,14 +29,18 @@ def gate_features(
     return torch.cat(feats), torch.cat(tasks).to(device)
 
 
-@torch.no_grad()
-def gate_matrix(model: MoPModel, encoded: Sequence[Encoded], num_tasks: int, batch_size: int, pad_id: int) -> list[list[float]]:
-    """(tasks x experts) mean gate weights over `encoded` (each row sums to 1)."""
-    feats, task_ids = gate_features(model, encoded, batch_size, pad_id)
-    weights = model.gate(feats).cpu()
-    task_ids = task_ids.cpu()
+def weights_by_task(weights: torch.Tensor, task_ids: torch.Tensor, num_tasks: int) -> list[list[float]]:
+    """(tasks x experts) mean of per-example gate weights (N, E) grouped by task id (N,); rows sum to 1."""
+    weights, task_ids = weights.float().cpu(), task_ids.cpu()
     rows = []
     for task in range(num_tasks):
         sel = weights[task_ids == task]
         rows.append(sel.mean(0).tolist() if len(sel) else [float("nan")] * weights.shape[1])
     return rows
+
+
+@torch.no_grad()
+def gate_matrix(model: MoPModel, encoded: Sequence[Encoded], num_tasks: int, batch_size: int, pad_id: int) -> list[list[float]]:
+    """(tasks x experts) mean gate weights over `encoded`, running the layers below the injection layer."""
+    feats, task_ids = gate_features(model, encoded, batch_size, pad_id)
+    return weights_by_task(model.gate(feats), task_ids, num_tasks)

@@ -13,11 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+import torch
 from safetensors.torch import load_file, save_file
 
 from mops.data import DataSplits, Encoded, Tokenizer
 from mops.data.selection import group_by_task
-from mops.evaluation.gating import gate_matrix
+from mops.evaluation.gating import gate_matrix, weights_by_task
 from mops.evaluation.perplexity import evaluate_perplexity
 from mops.reports.figures import gate_heatmap_figure, loss_curves, save_gate_heatmap
 from mops.reports.tables import markdown_table
@@ -25,7 +26,7 @@ from mops.training.config import TrainConfig
 from mops.training.gate_pretraining import pretrain_gate
 from mops.training.loop import Runtime, train_steps
 from mops.tuners.mops.model import MoPModel
-from mops.tuners.mops.prefix_cache import mop_logits_fn, open_prefix_cache
+from mops.tuners.mops.prefix_cache import PrefixCache, mop_logits_fn, open_prefix_cache
 
 METHODS = ("baseline", "mops")
 
@@ -55,15 +56,15 @@ class Experiment:
         self.pad_id = self.model.base.tokenizer.pad_token_id
         self.device = self.rt.accelerator.device
 
-    def logits_fn(self, split: str):
-        """Forward for `split` (train/test): from the prefix cache in the MoP stage when enabled.
+    def cache(self, split: str) -> PrefixCache | None:
+        """The prefix cache of `split` (train/test) in the MoP stage when enabled, else None.
 
         The cache is keyed by P^1 among others, so opening it after recovery finds the right one.
         """
         if not (self.train_cfg.cache_activations and self.model.stage == "mop"):
-            return mop_logits_fn(self.model)
+            return None
         encoded = self.train_enc if split == "train" else self.test_enc
-        return mop_logits_fn(self.model, open_prefix_cache(self.model, encoded, self.pad_id, self.train_cfg.cache_dtype))
+        return open_prefix_cache(self.model, encoded, self.pad_id, self.train_cfg.cache_dtype)
 
     # ---- stages ---------------------------------------------------------------------------------------
     def cached_stage(self, name: str, run: Callable[[], dict]) -> dict:
@@ -126,7 +127,7 @@ class Experiment:
             losses = train_steps(
                 self.model, method, groups, self.train_enc, cfg.steps, cfg, self.rt, self.pad_id,
                 self.run_dir / "checkpoints" / method, on_eval=lambda step: evals.append(self.evaluate(method, step)),
-                logits_fn=self.logits_fn("train"),
+                logits_fn=mop_logits_fn(self.model, self.cache("train")),
             )
             return {"losses": losses, "evals": evals, "final": self.evaluate(method, cfg.steps),
                     "trainable_parameters": self.model.trainable_parameters()}
@@ -140,7 +141,7 @@ class Experiment:
     def evaluate(self, label: str, step: int) -> dict:
         """Per-task test PPL, plus the (task x expert) gate matrix when the gate is on."""
         report = evaluate_perplexity(
-            self.logits_fn("test"), self.test_enc, self.splits.tasks, self.pad_id, self.train_cfg.eval_batch_size, self.device,
+            mop_logits_fn(self.model, self.cache("test")), self.test_enc, self.splits.tasks, self.pad_id, self.train_cfg.eval_batch_size, self.device,
             progress=self.rt.progress and self.rt.is_main,
         ).to_dict()
         record: dict = {"stage": f"{label}_eval", "step": step, "eval_ppl": report["overall"]["ppl"]}
@@ -152,8 +153,14 @@ class Experiment:
         self.rt.logger.log(record)
         return out
 
+    @torch.no_grad()
     def gate_matrix(self) -> list[list[float]]:
-        return gate_matrix(self.model, self.test_enc, len(self.splits.tasks), self.train_cfg.eval_batch_size, self.pad_id)
+        """(tasks x experts) mean gate weights on the test set; gate inputs from the prefix cache if enabled."""
+        cache = self.cache("test")
+        if cache is None:
+            return gate_matrix(self.model, self.test_enc, len(self.splits.tasks), self.train_cfg.eval_batch_size, self.pad_id)
+        weights = self.model.gate(cache.gate_inputs(range(len(self.test_enc)), self.device))
+        return weights_by_task(weights, torch.tensor([e.task_id for e in self.test_enc]), len(self.splits.tasks))
 
 
 def run_methods(exp: Experiment, methods: Sequence[str]) -> dict:

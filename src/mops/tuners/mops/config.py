@@ -42,6 +42,7 @@ class MoPConfig:
                           "embeddings), random (normal, embedding scale), text (embeddings of prompt_init_text)."},
     )
     prompt_init_text: str | None = field(default=None, metadata={"help": "Text for prompt_init='text'."})
+    init_seed: int = field(default=0, metadata={"help": "Seed of the input and expert prompt initialisation."})
     tasks: list[str] = field(
         default_factory=list, metadata={"help": "Task names in order; task i is pretrained onto expert i mod E."}
     )

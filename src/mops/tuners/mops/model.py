@@ -104,7 +104,7 @@ class MoPModel(nn.Module):
     def _init_prompts(self, how: str, k: int, dtype: torch.dtype) -> torch.Tensor:
         """(K, d) prompt values from vocabulary embeddings, random normal, or a text's token embeddings."""
         weight = self.lm.get_input_embeddings().weight
-        gen = torch.Generator().manual_seed(0)
+        gen = torch.Generator().manual_seed(self.config.init_seed)
         if how == "random":
             return (torch.randn(k, weight.shape[1], generator=gen) * weight.float().std()).to(weight)
         if how == "text":

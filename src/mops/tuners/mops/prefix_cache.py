@@ -108,19 +108,24 @@ class PrefixCache:
         for arr in (self.hidden, self.avg, self.filled):
             arr.flush()
 
+    def gate_inputs(self, indices: Sequence[int], device: torch.device | str = "cpu") -> torch.Tensor:
+        """avg_emb (B, d) of `indices` (computing missing rows first), without reading the token states."""
+        indices = list(indices)
+        missing = [i for i in indices if not self.filled[i]]
+        for start in range(0, len(missing), 8):
+            self._compute(missing[start : start + 8])
+        return torch.from_numpy(np.array(self.avg[indices])).to(device)
+
     def states(self, indices: Sequence[int], device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
         """-> token states (B, T, d) right-padded with zeros, avg_emb (B, d); computes missing rows first."""
         indices = list(indices)
-        missing = [i for i in indices if not self.filled[i]]
-        if missing:
-            self._compute(missing)
+        avg = self.gate_inputs(indices, device)
         width = int(self.lengths[indices].max())
         out = torch.zeros(len(indices), width, self.hidden.shape[1], dtype=self.torch_dtype)
         for row, i in enumerate(indices):
             chunk = torch.from_numpy(np.array(self.hidden[self.offsets[i] : self.offsets[i] + self.lengths[i]]))
             out[row, : self.lengths[i]] = chunk.view(self.torch_dtype) if self.torch_dtype == torch.bfloat16 else chunk
-        avg = torch.from_numpy(np.array(self.avg[indices]))
-        return out.to(device), avg.to(device)
+        return out.to(device), avg
 
 
 def open_prefix_cache(
