@@ -156,8 +156,7 @@ def train_command(
                    gate_pretrain_examples=gate_pretrain_examples, eval_every=eval_every,
                    eval_limit_per_task=eval_limit_per_task, eval_batch_size=eval_batch_size,
                    checkpoint_every=checkpoint_every, max_grad_norm=max_grad_norm, cache_activations=cache,
-                   group_by_length=group_by_length,
-                   cache_dtype=cache_dtype),
+                   group_by_length=group_by_length, cache_dtype=cache_dtype),
         max_length=max_length, template=template, dtype=dtype, device=device, seeds=parse_seeds(seeds),
         skip_invalid=skip_invalid, progress=not as_json,
     )
@@ -176,7 +175,7 @@ def demo_command(
     steps: int = typer.Option(30, "--steps", help="Steps for the baseline and for MoPs each."),
     device: str = DeviceOpt,
 ) -> None:
-    """The paper's comparison at CPU size (about 6 minutes on 2 cores with SmolLM2-135M).
+    """The paper's comparison at CPU size (about 5 minutes on 2 cores with SmolLM2-135M).
 
     Recovery prompts P^1, gate pretraining, then prompt tuning at layer 10 and MoPs (7 experts x 10 prompts)
     for the same steps on the same batches; prints the per-task table, writes the gate heatmaps.
