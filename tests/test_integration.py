@@ -19,6 +19,19 @@ from mops.tuners.mops.model import MoPModel
 pytestmark = pytest.mark.integration
 
 
+@torch.no_grad()
+def gate_variants(mop: MoPModel, b: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Logits with a uniform (neutral) gate, with no gate, and with a gate peaked on expert 3."""
+    mop.gate.fc2.weight.zero_()
+    mop.gate.fc2.bias.zero_()
+    neutral = mop(b["input_ids"], b["attention_mask"])
+    mop.config.use_gate = False
+    plain = mop(b["input_ids"], b["attention_mask"])
+    mop.config.use_gate = True
+    mop.gate.fc2.bias[3] = 6.0
+    return neutral, plain, mop(b["input_ids"], b["attention_mask"])
+
+
 def test_greedy_generation(smollm2):
     ids = smollm2.tokenizer("The capital of France is", return_tensors="pt")
     out = smollm2.model.generate(**ids, max_new_tokens=4, do_sample=False)
@@ -42,15 +55,7 @@ def test_gate_changes_real_smollm2_logits_and_neutral_gate_is_no_gate(smollm2):
         from mops.data import Example
 
         b = collate(enc.encode_all([Example("t", "Name three rivers.", "", "Nile, Amazon, Danube.")]), 2)
-        with torch.no_grad():
-            mop.gate.fc2.weight.zero_()
-            mop.gate.fc2.bias.zero_()
-            neutral = mop(b["input_ids"], b["attention_mask"])
-            mop.config.use_gate = False
-            plain = mop(b["input_ids"], b["attention_mask"])
-            mop.config.use_gate = True
-            mop.gate.fc2.bias[3] = 6.0
-            peaked = mop(b["input_ids"], b["attention_mask"])
+        neutral, plain, peaked = gate_variants(mop, b)
         torch.testing.assert_close(neutral, plain, rtol=1e-4, atol=1e-4)
         assert (peaked - plain).abs().max() > 0.05
     finally:
@@ -80,15 +85,7 @@ def test_real_gemma3_270m_with_mops(gemma3):
         tok = Tokenizer(gemma3.tokenizer, ["t"], 64)
         b = collate(tok.encode_all([Example("t", "Name three rivers.", "", "Nile, Amazon, Danube.")]),
                     gemma3.tokenizer.pad_token_id)
-        with torch.no_grad():
-            mop.gate.fc2.weight.zero_()
-            mop.gate.fc2.bias.zero_()
-            neutral = mop(b["input_ids"], b["attention_mask"])
-            mop.config.use_gate = False
-            plain = mop(b["input_ids"], b["attention_mask"])
-            mop.config.use_gate = True
-            mop.gate.fc2.bias[3] = 6.0
-            peaked = mop(b["input_ids"], b["attention_mask"])
+        neutral, plain, peaked = gate_variants(mop, b)
         torch.testing.assert_close(neutral, plain, rtol=1e-4, atol=1e-3)
         assert (peaked - plain).abs().max() > 0.05
         prompt = collate(tok.encode_all([Example("t", "Name a colour.", "", "x")], prompt_only=True), 0)
