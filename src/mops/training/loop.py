@@ -27,6 +27,7 @@ from mops.training.config import TrainConfig
 from mops.training.logger import RunLogger
 from mops.training.sampler import shard, step_indices
 from mops.tuners.mops.model import MoPModel
+from mops.tuners.mops.prefix_cache import mop_logits_fn
 
 
 class TrainingError(MopsError):
@@ -89,7 +90,7 @@ def train_steps(
     `logits_fn` computes the batch's logits (default: the full forward of `model`; see `mop_logits_fn` for
     the prefix cache); the LM head runs only where the loss is.
     """
-    logits_fn = logits_fn or (lambda b, positions: model(b["input_ids"], b["attention_mask"], positions))
+    logits_fn = logits_fn or mop_logits_fn(model)
     params = [p for group in param_groups for p in group["params"]]
     optimizer = torch.optim.AdamW(param_groups, weight_decay=0.0)
     start, losses = 0, []
