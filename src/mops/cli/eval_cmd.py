@@ -13,7 +13,7 @@ from mops.cli.common import (
     TotalOpt, console, emit_json, write_json,
 )
 from mops.data import Tokenizer, load_splits
-from mops.data.selection import group_by_task
+from mops.data.selection import first_per_task
 from mops.evaluation import base_logits_fn, evaluate_perplexity
 from mops.models import load_base_model
 from mops.tuners.mops.model import MoPModel
@@ -45,7 +45,7 @@ def eval_command(
     splits = load_splits(data, tasks, total, seed=seed, skip_invalid=skip_invalid)
     examples = splits.test if split == "test" else splits.train
     if limit_per_task is not None:
-        examples = [ex for group in group_by_task(examples).values() for ex in group[:limit_per_task]]
+        examples = first_per_task(examples, limit_per_task)
     t0 = time.perf_counter()
     base = load_base_model(model, dtype=dtype, device=device)
     load_s = time.perf_counter() - t0

@@ -28,6 +28,11 @@ def group_by_task(examples: Sequence[Example]) -> dict[str, list[Example]]:
     return dict(groups)
 
 
+def first_per_task(examples: Sequence[Example], n: int) -> list[Example]:
+    """The first `n` examples of each task, tasks in order of first appearance."""
+    return [ex for group in group_by_task(examples).values() for ex in group[:n]]
+
+
 def balanced_quotas(available: dict[str, int], total: int) -> dict[str, int]:
     """Split `total` over tasks as evenly as their sizes allow (water filling); sums to min(total, sum).
 

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mops.data import DataSplits, Encoded, Tokenizer
-from mops.data.selection import group_by_task
+from mops.data.selection import first_per_task
 from mops.evaluation.gating import gate_matrix, weights_by_task
 from mops.evaluation.perplexity import evaluate_perplexity
 from mops.reports.figures import gate_heatmap_figure, loss_curves, save_gate_heatmap
@@ -25,6 +25,7 @@ from mops.reports.tables import markdown_table
 from mops.training.config import TrainConfig
 from mops.training.gate_pretraining import pretrain_gate
 from mops.training.loop import Runtime, train_steps
+from mops.training.seeds import relative_gain
 from mops.tuners.mops.model import MoPModel
 from mops.tuners.mops.prefix_cache import PrefixCache, mop_logits_fn, open_prefix_cache
 
@@ -51,7 +52,7 @@ class Experiment:
         self.train_enc = tok.encode_all(self.splits.train)
         test = self.splits.test
         if self.train_cfg.eval_limit_per_task is not None:
-            test = [ex for g in group_by_task(test).values() for ex in g[: self.train_cfg.eval_limit_per_task]]
+            test = first_per_task(test, self.train_cfg.eval_limit_per_task)
         self.test_enc = tok.encode_all(test)
         self.pad_id = self.model.base.tokenizer.pad_token_id
         self.device = self.rt.accelerator.device
@@ -107,7 +108,7 @@ class Experiment:
         cfg = self.train_cfg
         n = cfg.gate_pretrain_examples
         prompts = self.tokenizer.encode_all(
-            [ex for g in group_by_task(self.splits.train).values() for ex in g[: max(1, n // len(self.splits.tasks))]],
+            first_per_task(self.splits.train, max(1, n // len(self.splits.tasks))),
             prompt_only=True,
         )
         return self.cached_stage("gate_pretrain", lambda: pretrain_gate(self.model, prompts, cfg, self.rt, self.pad_id)
@@ -200,8 +201,8 @@ def comparison_rows(results: dict, methods: Sequence[str]) -> tuple[list[str], l
         row: list[object] = [task, _ppl(results["input_prompts_only"], task)]
         row += [_ppl(results[m]["final"], task) for m in methods]
         if both:
-            base, mop = _ppl(results["baseline"]["final"], task), _ppl(results["mops"]["final"], task)
-            row.append(f"{100 * (base - mop) / base:+.1f}%")
+            gain = relative_gain(_ppl(results["baseline"]["final"], task), _ppl(results["mops"]["final"], task))
+            row.append(f"{gain:+.1f}%")
         rows.append(row)
     return headers, rows
 

@@ -79,7 +79,6 @@ class MoPModel(nn.Module):
         self.stage: Stage = "mop"
         self._gate_mask: torch.Tensor | None = None  # (B, K + T) positions averaged for the gate
         self.last_gate_weights: torch.Tensor | None = None  # (B, E) of the last forward
-        self._capture: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         self._skip_injection = False  # set during `forward_cached`: the experts are already in place
         self._original_attn = lm.config._attn_implementation
         lm.set_attn_implementation(gated_name(self._original_attn))
@@ -131,24 +130,27 @@ class MoPModel(nn.Module):
         The slots come first and attention is causal, so these do not depend on the example: starting the
         experts here makes the untrained MoP model (neutral gate) equal the frozen-input-prompt model.
         """
+        mask = torch.ones(1, self.config.num_prompts, dtype=torch.long, device=self.input_prompts.device)
+        return self._states_entering_injection(self.input_prompts.unsqueeze(0), mask)[0]
+
+    def _states_entering_injection(self, embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Run only the layers below the injection layer: (B, S, d) embeddings -> hidden states entering it.
+
+        A temporary pre-hook, placed before the injection hook, records the states and ends the forward.
+        """
         captured: list[torch.Tensor] = []
 
         def grab(module, args, kwargs):
-            captured.append((args[0] if args else kwargs["hidden_states"])[0].clone())
+            captured.append(args[0] if args else kwargs["hidden_states"])
             raise _StopForward
 
-        hook = self.layers[self.config.injection_layer].register_forward_pre_hook(grab, with_kwargs=True)
-        saved = self.stage
-        self.stage = "recovery"
+        hook = self.layers[self.config.injection_layer].register_forward_pre_hook(grab, with_kwargs=True, prepend=True)
         try:
-            embeds = self.input_prompts.unsqueeze(0)
-            mask = torch.ones(1, self.config.num_prompts, dtype=torch.long, device=embeds.device)
-            self.lm(inputs_embeds=embeds, attention_mask=mask)
+            self.lm(inputs_embeds=embeds, attention_mask=mask, use_cache=False)
         except _StopForward:
             pass
         finally:
             hook.remove()
-            self.stage = saved
         return captured[0]
 
     # ---- the forward pass -----------------------------------------------------------------------------
@@ -164,16 +166,16 @@ class MoPModel(nn.Module):
         k = self.config.num_prompts
         if hidden.shape[1] <= k:  # a decode step with a KV cache: slots and gate are already in place
             return None
-        mask = self._gate_mask.to(hidden.dtype)
-        mask = nn.functional.pad(mask, (0, hidden.shape[1] - mask.shape[1]))  # tokens generated later: not averaged
-        avg_emb = (hidden * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True)  # (B, d)
-        if self._capture is not None:
-            self._capture.append((hidden, avg_emb))
-            raise _StopForward
-        hidden = self._apply_experts(hidden[:, k:], avg_emb)
+        hidden = self._apply_experts(hidden[:, k:], self._gate_mean(hidden))
         if args:
             return (hidden, *args[1:]), kwargs
         return args, {**kwargs, "hidden_states": hidden}
+
+    def _gate_mean(self, hidden: torch.Tensor) -> torch.Tensor:
+        """avg_emb (B, d): mean of (B, S, d) states entering L_int over the positions of `_gate_mask`."""
+        mask = self._gate_mask.to(hidden.dtype)
+        mask = nn.functional.pad(mask, (0, hidden.shape[1] - mask.shape[1]))  # tokens generated later: not averaged
+        return (hidden * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True)
 
     def _apply_experts(self, token_states: torch.Tensor, avg_emb: torch.Tensor) -> torch.Tensor:
         """Set the gate's attention bias from avg_emb (B, d); -> experts + token states (B, K+T, d)."""
@@ -220,18 +222,8 @@ class MoPModel(nn.Module):
         Returns the token hidden states entering it (B, T, d) and the gate input avg_emb (B, d).
         """
         embeds, full = self.prepare_inputs(input_ids, attention_mask)
-        self._capture = []
-        saved = self.stage
-        self.stage = "mop"
-        try:
-            self.lm(inputs_embeds=embeds, attention_mask=full, use_cache=False)
-        except _StopForward:
-            pass
-        finally:
-            self.stage = saved
-            captured, self._capture = self._capture, None
-        hidden, avg_emb = captured[0]
-        return hidden[:, self.config.num_prompts :], avg_emb
+        hidden = self._states_entering_injection(embeds, full)
+        return hidden[:, self.config.num_prompts :], self._gate_mean(hidden)
 
     def gate_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(B, d) mean hidden state entering the injection layer; runs only the layers below it."""
