@@ -80,3 +80,20 @@ def test_paired_comparison_over_seeds(tmp_path, tiny_model_dir):
     assert len(summary["gain_percent"]) == 8  # 7 tasks + overall
     bad = run_cli("train", "--model", str(tiny_model_dir), "--seeds", "1,x", "-o", str(tmp_path / "bad"))
     assert bad.returncode == 2 and "--seeds must be distinct integers" in bad.stderr
+
+
+def test_train_on_a_compressed_base_and_adapter_needs_the_same_compression(tmp_path, tiny_model_dir):
+    run = tmp_path / "run"
+    out = run_cli("train", "--model", str(tiny_model_dir), "--compress", "magnitude:2:4+int8", *ARGS,
+                  "--method", "mops", "-o", str(run), "--json")
+    assert out.returncode == 0, out.stderr[-3000:]
+    config = json.loads((run / "mops" / "adapter" / "adapter_config.json").read_text())
+    assert config["base"]["compression"] == "magnitude-2:4+int8"
+
+    args = ["eval", "--model", str(tiny_model_dir), "--adapter", str(run / "mops" / "adapter"), "--data", "dolly",
+            "--total", "70", "--max-length", "48", "--json"]
+    scored = run_cli(*args, "--compress", "magnitude:2:4+int8")
+    assert scored.returncode == 0, scored.stderr[-3000:]
+    assert json.loads(scored.stdout)["overall"]["ppl"] == pytest.approx(json.loads(out.stdout)["mops"]["overall"]["ppl"], rel=1e-3)
+    refused = run_cli(*args)  # the uncompressed base is not what the adapter was trained on
+    assert refused.returncode == 2 and "compression" in refused.stderr

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mops.data import Tokenizer, collate, load_splits
-from mops.data.selection import group_by_task
+from mops.data.selection import first_per_task, group_by_task
 from mops.evaluation import base_logits_fn, evaluate_perplexity
 from mops.tuners.mops.config import MoPConfig
 from mops.tuners.mops.model import MoPModel
@@ -94,3 +94,23 @@ def test_real_gemma3_270m_with_mops(gemma3):
         assert torch.equal(cached, mop.generate(prompt["input_ids"], prompt["attention_mask"], use_cache=False, **kw))
     finally:
         mop.unload()
+
+
+def test_smollm2_int8_keeps_perplexity_and_trains_prompts(smollm2):
+    """LLM.int8() on the real model: PPL within 5% of fp32, memory < 45%, gradients reach the expert prompts."""
+    from mops.compression import CompressionConfig, compress_model
+    from mops.models import load_base_model
+
+    compressed = compress_model(smollm2.path, CompressionConfig.parse("int8"), device="cpu")
+    int8 = load_base_model(str(compressed.path), device="cpu")
+    assert compressed.report["bytes"]["memory"] < 0.45 * smollm2.model.get_memory_footprint()
+    splits = load_splits("dolly")
+    encoded = Tokenizer(smollm2.tokenizer, splits.tasks, 128).encode_all(first_per_task(splits.test, 2))
+    ppl = {name: evaluate_perplexity(base_logits_fn(m.model), encoded, splits.tasks, m.tokenizer.pad_token_id, 7)
+           .overall.ppl for name, m in (("fp32", smollm2), ("int8", int8))}
+    assert abs(ppl["int8"] / ppl["fp32"] - 1) < 0.05, ppl
+    mop = MoPModel(int8, MoPConfig(tasks=splits.tasks))
+    mop.set_stage("mop")
+    b = collate(encoded[:2], smollm2.tokenizer.pad_token_id)
+    mop(b["input_ids"], b["attention_mask"]).float().logsumexp(-1).mean().backward()
+    assert mop.expert_prompts.grad is not None and mop.expert_prompts.grad.abs().sum() > 0

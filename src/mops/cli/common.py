@@ -23,6 +23,20 @@ DtypeOpt = typer.Option("auto", "--dtype", help="auto (fp32 on CPU, bf16 on GPU)
 DeviceOpt = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 ...")
 SkipOpt = typer.Option(False, "--skip-invalid", help="Skip (and count) bad records instead of stopping.")
 JsonOpt = typer.Option(False, "--json", help="Print the results as JSON on stdout.")
+CompressOpt = typer.Option(
+    None, "--compress",
+    help="Compress the base first (cached; calibrated on this run's train split): sparsegpt:0.85, "
+         "magnitude:2:4 (N pruned of every M), wanda:0.5+int8, int8 ... See `mops compress`.",
+)
+
+
+def compression_from(spec: str | None, data: str = "dolly", seed: int = 0):
+    """`--compress` text -> `CompressionConfig` (None when not given); calibration on `data`'s train split."""
+    if not spec:
+        return None
+    from mops.compression import CompressionConfig
+
+    return CompressionConfig.parse(spec, calib_data=data, calib_seed=seed)
 
 
 def emit_json(payload: Any) -> None:

@@ -9,8 +9,8 @@ from typing import Optional
 import typer
 
 from mops.cli.common import (
-    DataOpt, DeviceOpt, DtypeOpt, JsonOpt, MaxLenOpt, ModelOpt, SeedOpt, SkipOpt, TasksOpt, TemplateOpt,
-    TotalOpt, console, emit_json, write_json,
+    CompressOpt, DataOpt, DeviceOpt, DtypeOpt, JsonOpt, MaxLenOpt, ModelOpt, SeedOpt, SkipOpt, TasksOpt, TemplateOpt,
+    TotalOpt, compression_from, console, emit_json, write_json,
 )
 from mops.data import Tokenizer, load_splits
 from mops.data.selection import first_per_task
@@ -24,6 +24,7 @@ from mops.reports.tables import ppl_rows, rich_table
 def eval_command(
     model: str = ModelOpt,
     adapter: Optional[Path] = typer.Option(None, "--adapter", "-a", help="Score base + this MoPs adapter folder."),
+    compress: Optional[str] = CompressOpt,
     data: str = DataOpt,
     tasks: Optional[str] = TasksOpt,
     total: int = TotalOpt,
@@ -47,7 +48,7 @@ def eval_command(
     if limit_per_task is not None:
         examples = first_per_task(examples, limit_per_task)
     t0 = time.perf_counter()
-    base = load_base_model(model, dtype=dtype, device=device)
+    base = load_base_model(model, dtype=dtype, device=device, compression=compression_from(compress, data, seed))
     load_s = time.perf_counter() - t0
     encoded = Tokenizer(base.tokenizer, splits.tasks, max_length, template).encode_all(examples)
     logits_fn = base_logits_fn(base.model)
@@ -59,7 +60,7 @@ def eval_command(
         progress=not as_json,
     )
     payload = {
-        "model": model, "adapter": str(adapter) if adapter else None, "data": data, "split": split, "examples": len(encoded), "max_length": max_length,
+        "model": model, "compression": base.compression, "adapter": str(adapter) if adapter else None, "data": data, "split": split, "examples": len(encoded), "max_length": max_length,
         "template": template, "seed": seed, "load_seconds": round(load_s, 2),
         "eval_seconds": round(time.perf_counter() - t0, 2), **report.to_dict(),
     }

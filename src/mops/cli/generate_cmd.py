@@ -7,13 +7,14 @@ from typing import Optional
 
 import typer
 
-from mops.cli.common import DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, TemplateOpt, console, emit_json
+from mops.cli.common import CompressOpt, DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, TemplateOpt, compression_from, console, emit_json
 
 
 def generate_command(
     instruction: list[str] = typer.Argument(..., help="One or more instructions (batched, left-padded)."),
     adapter: Optional[Path] = typer.Option(None, "--adapter", "-a", help="MoPs adapter folder (save_pretrained)."),
     model: str = ModelOpt,
+    compress: Optional[str] = CompressOpt,
     input_text: str = typer.Option("", "--input", help="Optional input/context for every instruction."),
     max_new_tokens: int = typer.Option(64, "--max-new-tokens"),
     template: str = TemplateOpt,
@@ -26,7 +27,7 @@ def generate_command(
     from mops.models import load_base_model
     from mops.tuners.mops.model import MoPModel
 
-    base = load_base_model(model, dtype=dtype, device=device)
+    base = load_base_model(model, dtype=dtype, device=device, compression=compression_from(compress))
     tok = Tokenizer(base.tokenizer, ["_"], max_length=1024, template=template)
     prompts = tok.encode_all([Example("_", text, input_text, "-") for text in instruction], prompt_only=True)
     batch = collate(prompts, base.tokenizer.pad_token_id, left_pad=True)

@@ -10,8 +10,8 @@ from typing import Optional
 import typer
 
 from mops.cli.common import (
-    DataOpt, DeviceOpt, DtypeOpt, JsonOpt, MaxLenOpt, ModelOpt, SkipOpt, TasksOpt, TemplateOpt,
-    TotalOpt, console, emit_json,
+    CompressOpt, DataOpt, DeviceOpt, DtypeOpt, JsonOpt, MaxLenOpt, ModelOpt, SkipOpt, TasksOpt, TemplateOpt,
+    TotalOpt, compression_from, console, emit_json,
 )
 from mops.errors import ConfigError
 from mops.reports.tables import rich_table
@@ -35,6 +35,7 @@ class RunRequest:
     device: str
     seeds: list[int]
     skip_invalid: bool
+    compress: Optional[str] = None
     progress: bool = True
 
 
@@ -72,6 +73,7 @@ def execute(req: RunRequest) -> dict:
     from mops.tuners.mops.config import MoPConfig
     from mops.tuners.mops.model import MoPModel
 
+    compression = compression_from(req.compress, req.data, req.seeds[0])  # fails fast on a bad spec
     splits = load_splits(req.data, req.tasks, req.total, seed=req.seeds[0], skip_invalid=req.skip_invalid)
     if splits.skipped:
         console.print(f"[yellow]skipped {len(splits.skipped)} invalid records; first: {splits.skipped[0]}")
@@ -83,7 +85,8 @@ def execute(req: RunRequest) -> dict:
     for seed in req.seeds:
         run_dir = req.output if len(req.seeds) == 1 else req.output / f"seed-{seed}"
         rt = Runtime.create(run_dir, device=req.device, progress=req.progress)
-        base = base or load_base_model(req.model, dtype=req.dtype, device=str(rt.accelerator.device))
+        base = base or load_base_model(req.model, dtype=req.dtype, device=str(rt.accelerator.device),
+                                       compression=compression)
         model = MoPModel(base, MoPConfig(**req.mop, tasks=splits.tasks, init_seed=seed))
         exp = Experiment(model, splits, TrainConfig(**req.train, seed=seed), run_dir, rt, req.max_length, req.template)
         per_seed[seed] = run_methods(exp, req.methods)
@@ -91,7 +94,7 @@ def execute(req: RunRequest) -> dict:
         model.unload()
         if rt.is_main and req.progress:
             headers, rows = comparison_rows(per_seed[seed], req.methods)
-            console.print(rich_table(f"test PPL ({req.data}, {req.model}, seed {seed})", headers, rows))
+            console.print(rich_table(f"test PPL ({req.data}, {req.model}{'+' + base.compression if base.compression else ''}, seed {seed})", headers, rows))
             console.print(f"results: {run_dir}/results.md, figures: {run_dir}/*.png, "
                           f"adapters: {', '.join(f'{run_dir}/{m}/adapter' for m in req.methods)}")
     if len(req.seeds) == 1:
@@ -107,6 +110,7 @@ def execute(req: RunRequest) -> dict:
 
 def train_command(
     model: str = ModelOpt,
+    compress: Optional[str] = CompressOpt,
     data: str = DataOpt,
     tasks: Optional[str] = TasksOpt,
     total: int = TotalOpt,
@@ -158,7 +162,7 @@ def train_command(
                    checkpoint_every=checkpoint_every, max_grad_norm=max_grad_norm, cache_activations=cache,
                    group_by_length=group_by_length, cache_dtype=cache_dtype),
         max_length=max_length, template=template, dtype=dtype, device=device, seeds=parse_seeds(seeds),
-        skip_invalid=skip_invalid, progress=not as_json,
+        skip_invalid=skip_invalid, compress=compress, progress=not as_json,
     )
     results = execute(req)
     if as_json:

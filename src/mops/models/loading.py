@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 import tempfile
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
@@ -24,7 +22,10 @@ from transformers.utils import logging as hf_logging
 
 from mops.errors import ModelLoadError
 from mops.models.registry import DEFAULT_MODEL, PACKAGED_MODELS
-from mops.paths import cache_dir
+from mops.paths import atomic_folder, cache_dir, mops_home
+
+if TYPE_CHECKING:
+    from mops.compression.config import CompressionConfig
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
@@ -39,6 +40,7 @@ class BaseModel:
     tokenizer: PreTrainedTokenizerBase
     name: str  # what the user asked for (short name, path or hub id)
     path: str  # the folder the weights were read from (or the hub id)
+    compression: str | None = None  # e.g. "sparsegpt-85%+int8", from the folder's compression report
 
     @property
     def identity(self) -> dict:
@@ -50,6 +52,7 @@ class BaseModel:
             "model_type": cfg.model_type,
             "num_hidden_layers": cfg.num_hidden_layers,
             "hidden_size": cfg.hidden_size,
+            "compression": self.compression,
         }
 
 
@@ -70,8 +73,8 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 
 @contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    """GGUF conversion logs and warns per tensor; keep the console readable."""
+def quiet_transformers() -> Iterator[None]:
+    """Loading, converting and saving log and warn per tensor; keep the console readable (errors still show)."""
     logger = logging.getLogger("transformers")
     level = logger.level
     logger.setLevel(logging.ERROR)
@@ -89,37 +92,23 @@ def convert_gguf(gguf_path: Path, target: Path) -> Path:
     """Dequantize a GGUF file into a safetensors model folder at `target` (atomic; safe to race)."""
     if (target / SOURCE_FILE).is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        with _quiet_transformers():
-            try:
-                model = AutoModelForCausalLM.from_pretrained(
-                    str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
-                )
-                tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
-            except Exception as err:  # the GGUF reader raises many types for a damaged file
-                raise ModelLoadError(
-                    f"could not read GGUF file {gguf_path} (corrupt or truncated?): {type(err).__name__}: {err}. "
-                    "Reinstall the package that ships it (see `mops models`)."
-                ) from err
-            # A GGUF-loaded model is flagged as quantized and save_pretrained refuses; it is plain float now.
-            model.hf_quantizer = None
-            model.is_quantized = False
-            if hasattr(model.config, "quantization_config"):
-                del model.config.quantization_config
-            model.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-        (tmp / SOURCE_FILE).write_text(
-            json.dumps({"gguf": str(gguf_path), "bytes": gguf_path.stat().st_size}, indent=2)
-        )
+    with atomic_folder(target, SOURCE_FILE) as tmp, quiet_transformers():
         try:
-            os.rename(tmp, target)
-        except OSError:
-            if not (target / SOURCE_FILE).is_file():  # lost a race only if the winner finished
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32)
+            tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+        except Exception as err:  # the GGUF reader raises many types for a damaged file
+            raise ModelLoadError(
+                f"could not read GGUF file {gguf_path} (corrupt or truncated?): {type(err).__name__}: {err}. "
+                "Reinstall the package that ships it (see `mops models`)."
+            ) from err
+        # A GGUF-loaded model is flagged as quantized and save_pretrained refuses; it is plain float now.
+        model.hf_quantizer = None
+        model.is_quantized = False
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / SOURCE_FILE).write_text(json.dumps({"gguf": str(gguf_path), "bytes": gguf_path.stat().st_size}, indent=2))
     return target
 
 
@@ -156,16 +145,31 @@ def load_base_model(
     dtype: str = "auto",
     device: str = "auto",
     attn_implementation: str = "sdpa",
+    compression: "CompressionConfig | None" = None,
 ) -> BaseModel:
-    """Load a causal LM frozen and in eval mode, plus its tokenizer (pad token = EOS if it has none)."""
-    source = resolve_model_path(name_or_path)
+    """Load a causal LM frozen and in eval mode, plus its tokenizer (pad token = EOS if it has none).
+
+    With `compression`, the base is compressed first (or taken from the compression cache) and the
+    compressed folder is loaded; LLM.int8() folders load as int8 (`bitsandbytes` layers) on `device`.
+    """
+    from mops.compression import compress_model, read_compression_report, silence_bitsandbytes  # (import cycle)
+
+    if compression is not None:
+        source = str(compress_model(name_or_path, compression, device=device).path)
+    else:
+        source = resolve_model_path(name_or_path)
     dev = resolve_device(device)
-    is_cache = source.startswith(str(cache_dir("models")))
-    with _quiet_transformers():
+    is_cache = source.startswith(str(mops_home()))
+    report = read_compression_report(Path(source))
+    placement: dict = {}
+    if report.get("config", {}).get("int8"):
+        silence_bitsandbytes()
+        placement = {"device_map": {"": str(dev)}}  # int8 layers are placed at load, never moved with .to()
+    with quiet_transformers():
         try:
             tokenizer = AutoTokenizer.from_pretrained(source)
             model = AutoModelForCausalLM.from_pretrained(
-                source, dtype=resolve_dtype(dtype, dev), attn_implementation=attn_implementation
+                source, dtype=resolve_dtype(dtype, dev), attn_implementation=attn_implementation, **placement
             )
         except OSError as err:
             if Path(source).exists():
@@ -180,7 +184,9 @@ def load_base_model(
         tokenizer.pad_token = tokenizer.eos_token
     model.requires_grad_(False)
     model.eval()
-    return BaseModel(model=model.to(dev), tokenizer=tokenizer, name=name_or_path, path=source)
+    if not placement:
+        model = model.to(dev)
+    return BaseModel(model=model, tokenizer=tokenizer, name=name_or_path, path=source, compression=report.get("label"))
 
 
 def _damaged(source: str, err: Exception, is_cache: bool) -> ModelLoadError:

@@ -1,0 +1,11 @@
+"""Compression of base models: SparseGPT / Wanda / magnitude pruning (unstructured or N:M) and LLM.int8()."""
+
+from mops.compression.compress import CompressedModel, compress_model, compressed_path
+from mops.compression.config import PRUNE_METHODS, CompressionConfig, parse_pattern
+from mops.compression.quantization import silence_bitsandbytes
+from mops.compression.report import REPORT_FILE, read_compression_report
+
+__all__ = [
+    "PRUNE_METHODS", "REPORT_FILE", "CompressedModel", "CompressionConfig", "compress_model", "compressed_path",
+    "parse_pattern", "read_compression_report", "silence_bitsandbytes",
+]
