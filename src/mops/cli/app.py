@@ -10,6 +10,7 @@ from mops.cli import data_cmd
 from mops.cli.common import JsonOpt, console, emit_json
 from mops.cli.compress_cmd import compress_command, sweep_command
 from mops.cli.eval_cmd import eval_command
+from mops.cli.federate_cmd import federate_command
 from mops.cli.generate_cmd import generate_command
 from mops.cli.train_cmd import demo_command, train_command
 from mops.errors import MopsError
@@ -22,6 +23,7 @@ app.command("generate")(generate_command)
 app.command("demo")(demo_command)
 app.command("compress")(compress_command)
 app.command("compress-sweep")(sweep_command)
+app.command("federate")(federate_command)
 
 
 @app.command("models")

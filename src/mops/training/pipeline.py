@@ -191,9 +191,10 @@ def _ppl(evaluation: dict, task: str) -> float:
 
 
 def comparison_rows(results: dict, methods: Sequence[str]) -> tuple[list[str], list[list[object]]]:
-    """Per-task PPL table: frozen input prompts, each method, and MoPs' gain over the baseline."""
+    """Per-task PPL table: frozen input prompts, each method, and MoPs' gain over the other method."""
     headers = ["task", "input prompts only", *methods]
-    both = "baseline" in methods and "mops" in methods
+    baseline = next((m for m in methods if m != "mops"), None)  # baseline (centralised) or fedprompt
+    both = baseline is not None and "mops" in methods
     if both:
         headers.append("MoPs gain")
     rows = []
@@ -201,7 +202,7 @@ def comparison_rows(results: dict, methods: Sequence[str]) -> tuple[list[str], l
         row: list[object] = [task, _ppl(results["input_prompts_only"], task)]
         row += [_ppl(results[m]["final"], task) for m in methods]
         if both:
-            gain = relative_gain(_ppl(results["baseline"]["final"], task), _ppl(results["mops"]["final"], task))
+            gain = relative_gain(_ppl(results[baseline]["final"], task), _ppl(results["mops"]["final"], task))
             row.append(f"{gain:+.1f}%")
         rows.append(row)
     return headers, rows

@@ -1,0 +1,83 @@
+"""Flower ClientApp: train the global experts (+ gate) on this client's partition for `local_steps` steps.
+
+Each training message carries the settings (a `ConfigRecord` made by `FederatedConfig.to_record`), the global
+trainable arrays (``arrays``) and the frozen input prompts P^1 (``frozen``). The reply carries the updated
+arrays and ``num-examples`` (the FedAvg weight). The partition id comes from the node config
+(``partition-id``: set by the simulation engine, or by `flower-supernode --node-config` when deployed).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from mops.federated.config import FederatedConfig, parse_faults
+from mops.federated.task import FROZEN_KEY, load_state, mean_loss, mop_config, shared_setup, train_config, trainable_state
+from mops.training.logger import RunLogger
+from mops.training.loop import Runtime, train_steps
+from mops.tuners.mops.model import MoPModel
+from mops.tuners.mops.prefix_cache import mop_logits_fn, open_prefix_cache
+
+app = ClientApp()
+
+
+def _before_training(kind: str | None, cfg: FederatedConfig) -> None:
+    """Fault tests (`inject_faults`): a client that crashes, or one that never answers in time."""
+    if kind == "raise":
+        raise RuntimeError("injected fault: this client raises")
+    if kind == "hang":
+        time.sleep(cfg.round_timeout + 30)
+
+
+def _corrupt(kind: str | None, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Fault tests: an update with NaNs, or with a wrongly shaped array."""
+    first = next(iter(state))
+    if kind == "nan":
+        state[first] = torch.full_like(state[first], math.nan)
+    if kind == "shape":
+        state[first] = state[first][:-1]
+    return state
+
+
+def local_train(cfg: FederatedConfig, pid: int, server_round: int, trainable: dict[str, torch.Tensor],
+                frozen: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """Train the global arrays on partition `pid`; returns the new arrays and metrics."""
+    setup = shared_setup(cfg)
+    data = setup.encoded_partition(pid)
+    model = MoPModel(setup.base, mop_config(cfg, setup.splits.tasks))
+    model.set_stage("mop")
+    load_state(model, trainable, frozen)
+    tcfg = train_config(cfg, cfg.local_steps, seed=cfg.seed * 100_003 + server_round * 1009 + pid)
+    groups = [{"params": [model.expert_prompts], "lr": tcfg.lr}]
+    if model.config.use_gate:
+        groups.append({"params": list(model.gate.parameters()), "lr": tcfg.effective_gate_lr})
+    rt = Runtime(Accelerator(cpu=not torch.cuda.is_available()), RunLogger(Path("."), enabled=False), progress=False)
+    pad_id = setup.base.tokenizer.pad_token_id
+    cache = open_prefix_cache(model, data, pad_id, tcfg.cache_dtype)
+    t0 = time.perf_counter()
+    losses = train_steps(model, f"client-{pid}", groups, data, tcfg.steps, tcfg, rt, pad_id,
+                         logits_fn=mop_logits_fn(model, cache))
+    state = trainable_state(model)
+    model.unload()
+    return state, {"num-examples": len(data), "loss": mean_loss(losses), "seconds": time.perf_counter() - t0}
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    cfg = FederatedConfig.from_record(msg.content["config"])
+    pid = int(context.node_config["partition-id"])
+    server_round = int(msg.content["config"]["server-round"])
+    trainable = msg.content["arrays"].to_torch_state_dict()
+    frozen = msg.content["frozen"].to_torch_state_dict()[FROZEN_KEY]
+    fault = parse_faults(cfg.inject_faults).get(pid)
+    _before_training(fault, cfg)
+    state, metrics = local_train(cfg, pid, server_round, trainable, frozen)
+    state = _corrupt(fault, state)
+    metrics["partition-id"] = pid
+    return Message(RecordDict({"arrays": ArrayRecord(state), "metrics": MetricRecord(metrics)}), reply_to=msg)

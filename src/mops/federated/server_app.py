@@ -1,0 +1,132 @@
+"""Flower ServerApp: server-side setup (P^1, gate pretraining), then FedAvg rounds of experts (+ gate).
+
+Per round the server samples `clients_per_round` clients, sends them the global arrays, rejects replies that
+errored or carry NaN/Inf or wrongly shaped arrays, averages the rest weighted by their example counts
+(Flower's FedAvg), then scores the global adapter on the test split (per-task PPL, gate matrix), logs bytes
+sent/received and the round time, and checkpoints. A restarted run continues after the last finished round.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+from typing import Iterable
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAvg
+from safetensors.torch import load_file, save_file
+
+from mops.federated.config import FederatedConfig
+from mops.federated.task import FROZEN_KEY, load_state, mean_loss, mop_config, problems_with, shared_setup, train_config, trainable_state
+from mops.training.loop import Runtime
+from mops.training.pipeline import Experiment
+from mops.tuners.mops.model import MoPModel
+
+app = ServerApp()
+
+
+class MopsFedAvg(FedAvg):
+    """FedAvg that also sends the frozen P^1, validates every update, and counts bytes and failures."""
+
+    def __init__(self, frozen: ArrayRecord, reference: dict, round_offset: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.frozen, self.reference, self.round_offset = frozen, reference, round_offset
+        self.stats: dict = {}
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+                        ) -> Iterable[Message]:
+        messages = list(super().configure_train(server_round + self.round_offset, arrays, config, grid))
+        for msg in messages:
+            msg.content["frozen"] = self.frozen
+        self.stats = {"start": time.perf_counter(), "sampled": len(messages), "rejected": [], "failed": 0,
+                      "bytes_sent": len(messages) * (arrays.count_bytes() + self.frozen.count_bytes()),
+                      "bytes_received": 0, "client_losses": []}
+        return messages
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]):
+        accepted = []
+        for msg in replies:
+            if msg.has_error():
+                self.stats["failed"] += 1
+                continue
+            self.stats["bytes_received"] += msg.content["arrays"].count_bytes()
+            problem = problems_with(msg.content["arrays"].to_torch_state_dict(), self.reference)
+            metrics = msg.content["metrics"]
+            if problem:
+                self.stats["rejected"].append(f"partition {int(metrics.get('partition-id', -1))}: {problem}")
+                continue
+            self.stats["client_losses"].append(float(metrics["loss"]))
+            accepted.append(msg)
+        self.stats["accepted"] = len(accepted)
+        self.stats["missing"] = self.stats["sampled"] - len(accepted) - len(self.stats["rejected"]) - self.stats["failed"]
+        if not accepted:
+            return None, None
+        return super().aggregate_train(server_round, accepted)
+
+
+def _last_round(rounds_dir: Path) -> int:
+    done = [int(p.parent.name.split("-")[1]) for p in rounds_dir.glob("round-*/round.json")]
+    return max(done, default=0)
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    cfg = FederatedConfig.from_record(context.run_config)
+    run_dir = Path(cfg.output)
+    out = run_dir / cfg.method
+    setup = shared_setup(cfg)
+    model = MoPModel(setup.base, mop_config(cfg, setup.splits.tasks))
+    rt = Runtime.create(out, progress=False)
+    exp = Experiment(model, setup.splits, train_config(cfg, 0, cfg.seed), run_dir, rt, cfg.max_length)
+    results: dict = {"tasks": setup.splits.tasks, "settings": cfg.to_record(), "recovery": exp.recovery()}
+    model.set_stage("recovery")
+    results["input_prompts_only"] = exp.evaluate("input_prompts_only", 0)
+    model.set_stage("mop")
+    model.config.use_gate = cfg.use_gate
+    if cfg.use_gate:
+        results["gate_pretrain"] = {**exp.gate_pretraining(), "gate": exp.gate_matrix()}
+    rounds_dir = out / "rounds"
+    offset = _last_round(rounds_dir)
+    if offset:
+        model.load_adapter_state(load_file(str(rounds_dir / f"round-{offset}" / "adapter.safetensors")))
+    reference = trainable_state(model)
+    frozen = ArrayRecord({FROZEN_KEY: model.adapter_state()[FROZEN_KEY]})
+    random.seed(cfg.seed * 7919 + offset)  # Flower samples clients with `random`
+    strategy = MopsFedAvg(frozen, reference, offset, fraction_train=cfg.clients_per_round / cfg.num_clients,
+                          fraction_evaluate=0.0, min_train_nodes=cfg.clients_per_round,
+                          min_available_nodes=cfg.num_clients)
+
+    def after_round(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        if server_round == 0:
+            return None
+        n = server_round + offset
+        load_state(model, arrays.to_torch_state_dict(), frozen.to_torch_state_dict()[FROZEN_KEY])
+        evaluation = exp.evaluate(cfg.method, n)
+        stats = strategy.stats
+        record = {"stage": f"{cfg.method}_round", "step": n, "round_seconds": time.perf_counter() - stats["start"],
+                  "bytes_sent": stats["bytes_sent"], "bytes_received": stats["bytes_received"],
+                  "clients_sampled": stats["sampled"], "clients_accepted": stats["accepted"],
+                  "clients_failed": stats["failed"], "clients_missing": stats["missing"],
+                  "clients_rejected": len(stats["rejected"]), "client_loss": mean_loss(stats["client_losses"]),
+                  "eval_ppl": evaluation["ppl"]["overall"]["ppl"]}
+        rt.logger.log({**record, "rejections": stats["rejected"]})
+        folder = rounds_dir / f"round-{n}"
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file(model.adapter_state(), str(folder / "adapter.safetensors"))
+        (folder / "round.json").write_text(json.dumps({**record, "rejections": stats["rejected"],
+                                                       "eval": evaluation}, indent=2))
+        return MetricRecord({"ppl": record["eval_ppl"]})
+
+    if cfg.rounds > offset:
+        strategy.start(grid=grid, initial_arrays=ArrayRecord(reference), num_rounds=cfg.rounds - offset,
+                       timeout=cfg.round_timeout, train_config=ConfigRecord(cfg.to_record()), evaluate_fn=after_round)
+    rounds = [json.loads((rounds_dir / f"round-{n}" / "round.json").read_text()) for n in range(1, cfg.rounds + 1)]
+    model.load_adapter_state(load_file(str(rounds_dir / f"round-{cfg.rounds}" / "adapter.safetensors")))
+    model.save_pretrained(out / "adapter")
+    results[cfg.method] = {"final": rounds[-1]["eval"], "losses": [r["client_loss"] for r in rounds],
+                           "rounds": rounds}
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    rt.logger.close()

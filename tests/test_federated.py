@@ -1,0 +1,179 @@
+"""Federated MoPs on Flower: partitions, update validation, simulation and deployment runs, faults, resume."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from mops.data import load_splits
+from mops.errors import ConfigError
+from mops.federated.config import FederatedConfig, parse_faults
+from mops.federated.launcher import check_resumable, processes_with_env, run_federated
+from mops.federated.partition import histogram, partition_examples, skew_sizes
+from mops.federated.task import problems_with
+from mops.models import load_base_model
+from mops.tuners.mops.model import MoPModel
+from tests.test_cli import run_cli
+
+TINY = dict(total=70, max_length=48, num_experts=7, prompts_per_expert=1, injection_layer=2, recovery_steps=2,
+            gate_pretrain_steps=20, gate_pretrain_examples=14, eval_limit_per_task=2, local_steps=2, batch_size=2)
+
+
+def flower_processes(run: str) -> list[int]:
+    """Live processes started for the run folder `run` (they carry its FLWR_HOME)."""
+    return [pid for method in ("mops", "fedprompt")
+            for pid in processes_with_env(f"FLWR_HOME={Path(run).resolve()}/flower/{method}/home")]
+
+
+# --- settings and partitions ------------------------------------------------------------------------------------
+
+def test_config_validation_and_round_trip() -> None:
+    cfg = FederatedConfig(num_clients=4, clients_per_round=2, lr=0.05, compress="sparsegpt:0.5")
+    assert FederatedConfig.from_record({**cfg.to_record(), "server-round": 3}) == cfg
+    with pytest.raises(ConfigError, match="clients_per_round"):
+        FederatedConfig(num_clients=2, clients_per_round=3)
+    with pytest.raises(ConfigError, match="method"):
+        FederatedConfig(method="fedavg")
+    with pytest.raises(ConfigError, match="partition"):
+        FederatedConfig(partition="zipf")
+    assert parse_faults("1:raise, 3:nan") == {1: "raise", 3: "nan"}
+    with pytest.raises(ConfigError, match="PARTITION:KIND"):
+        parse_faults("1:explode")
+
+
+def test_skew_sizes_follow_the_paper() -> None:
+    sizes = skew_sizes(642, 10, 15.0)
+    assert sum(sizes) == 642 and sizes[0] == round(642 * 15 / 24)
+    assert max(sizes[1:]) - min(sizes[1:]) <= 1
+    assert sizes[0] / (sum(sizes[1:]) / 9) == pytest.approx(15, rel=0.05)
+
+
+def test_skewed_partitions_give_each_client_one_piece_of_every_task() -> None:
+    splits = load_splits("dolly")
+    parts = partition_examples(splits.train, splits.tasks, 5, "skew", seed=0)
+    counts = histogram(parts, splits.tasks)
+    assert sum(map(sum, counts)) == len(splits.train)
+    ids = [id(ex) for part in parts for ex in part]
+    assert len(ids) == len(set(ids)) == len(splits.train)  # every example exactly once
+    for t, column in enumerate(zip(*counts)):
+        big = max(column)
+        assert all(c > 0 for c in column)
+        assert sorted(column)[-2] * 10 < big  # one client holds the 15x partition of this task
+    owners = [max(range(5), key=lambda c: counts[c][t]) for t in range(len(splits.tasks))]
+    assert len(set(owners)) > 1  # large partitions land on different clients
+    assert partition_examples(splits.train, splits.tasks, 5, "skew", seed=0) == parts  # seeded
+    assert partition_examples(splits.train, splits.tasks, 5, "skew", seed=1) != parts
+
+
+@pytest.mark.parametrize("scheme", ["iid", "dirichlet"])
+def test_flwr_datasets_partitioners_cover_the_data(scheme: str) -> None:
+    splits = load_splits("dolly")
+    parts = partition_examples(splits.train, splits.tasks, 4, scheme, seed=0, alpha=0.3)
+    sizes = [len(p) for p in parts]
+    assert sum(sizes) == len(splits.train)
+    if scheme == "iid":
+        assert max(sizes) - min(sizes) <= 1
+
+
+def test_more_clients_than_examples_is_an_error() -> None:
+    splits = load_splits("dolly", total=70)
+    with pytest.raises(ConfigError, match="clients but only"):
+        partition_examples(splits.train, splits.tasks, 1000, "iid")
+
+
+def test_updates_with_nan_or_wrong_shapes_are_rejected() -> None:
+    ref = {"expert_prompts": torch.zeros(7, 4), "gate.fc1.weight": torch.zeros(3, 4)}
+    assert problems_with({k: v.clone() for k, v in ref.items()}, ref) is None
+    assert "NaN" in problems_with({**ref, "expert_prompts": torch.full((7, 4), math.nan)}, ref)
+    assert "Inf" in problems_with({**ref, "gate.fc1.weight": torch.full((3, 4), math.inf)}, ref)
+    assert "shape (6, 4)" in problems_with({**ref, "expert_prompts": torch.zeros(6, 4)}, ref)
+    assert "differ" in problems_with({"expert_prompts": torch.zeros(7, 4)}, ref)
+
+
+def test_resuming_with_other_settings_is_refused(tmp_path: Path) -> None:
+    cfg = FederatedConfig(output=str(tmp_path), num_clients=4)
+    check_resumable(tmp_path / "mops", cfg)
+    check_resumable(tmp_path / "mops", FederatedConfig(output=str(tmp_path), num_clients=4, rounds=9))  # more rounds: fine
+    with pytest.raises(ConfigError, match="num_clients: 4 -> 5"):
+        check_resumable(tmp_path / "mops", FederatedConfig(output=str(tmp_path), num_clients=5))
+
+
+def test_cli_partition_histogram() -> None:
+    out = run_cli("data", "partition", "--clients", "4", "--scheme", "skew", "--json")
+    assert out.returncode == 0, out.stderr[-2000:]
+    payload = json.loads(out.stdout)
+    assert len(payload["clients"]) == 4 and len(payload["tasks"]) == 7
+    assert sum(map(sum, payload["clients"])) == 4497
+
+
+# --- Flower runs ------------------------------------------------------------------------------------------------
+
+def test_simulation_both_methods_then_resume(tmp_path: Path, tiny_model_dir: Path) -> None:
+    run = tmp_path / "fed"
+    common = ["federate", "--model", str(tiny_model_dir), "-o", str(run), "--clients", "3", "--clients-per-round", "2",
+              "--total", "70", "--max-length", "48", "--prompts-per-expert", "1",
+              "--injection-layer", "2", "--recovery-steps", "2", "--gate-pretrain-steps", "20",
+              "--gate-pretrain-examples", "14", "--eval-limit-per-task", "2", "--local-steps", "2", "-b", "2", "--json"]
+    out = run_cli(*common, "--rounds", "2")
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads(out.stdout)
+    assert summary["mops"]["overall"]["ppl"] > 1 and summary["fedprompt"]["overall"]["ppl"] > 1
+    assert "MoPs gain" in (run / "results.md").read_text() and (run / "gate_final.png").is_file()
+    for method, gate in (("fedprompt", False), ("mops", True)):
+        rounds = [json.loads((run / method / "rounds" / f"round-{n}" / "round.json").read_text()) for n in (1, 2)]
+        for r in rounds:
+            assert r["clients_sampled"] == 2 and r["clients_accepted"] == 2
+            assert r["bytes_sent"] > r["bytes_received"] > 0 and r["round_seconds"] > 0
+        assert ("gate" in rounds[-1]["eval"]) is gate
+        records = [json.loads(line) for line in (run / method / "metrics.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in records if r.get("stage") == f"{method}_round"] == [1, 2]
+        assert list((run / method / "tensorboard").glob("events.*"))
+    # MoPs sends the gate too; both share the server's P^1 (same stage folder)
+    fp, mp = (json.loads((run / m / "rounds" / "round-1" / "round.json").read_text()) for m in ("fedprompt", "mops"))
+    assert mp["bytes_sent"] > fp["bytes_sent"]
+    base = load_base_model(str(tiny_model_dir))
+    adapter = MoPModel.from_pretrained(base, run / "mops" / "adapter")  # the centralised adapter format
+    assert adapter.config.use_gate is True
+    assert not flower_processes(str(run))
+
+    first = (run / "mops" / "rounds" / "round-2" / "adapter.safetensors").read_bytes()
+    again = run_cli(*common, "--rounds", "3", "--method", "mops")  # resumes after round 2
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (run / "mops" / "rounds" / "round-2" / "adapter.safetensors").read_bytes() == first  # not retrained
+    steps = [json.loads(line)["step"] for line in (run / "mops" / "metrics.jsonl").read_text().splitlines()
+             if '"mops_round"' in line]
+    assert steps == [1, 2, 3]
+
+    refused = run_cli(*common, "--rounds", "3", "--lr", "0.5", "--method", "mops")
+    assert refused.returncode == 2 and "other settings" in refused.stderr
+
+
+def test_faulty_clients_are_dropped_and_the_round_completes(tmp_path: Path, tiny_model_dir: Path) -> None:
+    cfg = FederatedConfig(output=str(tmp_path / "fed"), model=str(tiny_model_dir), num_clients=5, clients_per_round=5,
+                          rounds=1, round_timeout=45, inject_faults="0:raise,1:hang,2:nan,3:shape", **TINY)
+    folder = run_federated(cfg, "simulation", timeout=400)
+    record = json.loads((folder / "rounds" / "round-1" / "round.json").read_text())
+    assert record["clients_sampled"] == 5 and record["clients_accepted"] == 1
+    assert record["clients_failed"] == 1 and record["clients_missing"] == 1 and record["clients_rejected"] == 2
+    reasons = " ".join(record["rejections"])
+    assert "partition 2: expert_prompts contains NaN" in reasons and "partition 3: expert_prompts has shape" in reasons
+    assert math.isfinite(record["eval_ppl"])
+    assert not flower_processes(cfg.output)
+
+
+def test_deployment_superlink_and_two_supernodes(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """Separate processes: a SuperLink and one SuperNode per client, driven by `flwr run`; all stopped after."""
+    cfg = FederatedConfig(output=str(tmp_path / "fed"), model=str(tiny_model_dir), num_clients=2, clients_per_round=2,
+                          rounds=2, **TINY)
+    folder = run_federated(cfg, "deployment", timeout=400)
+    logs = {p.name for p in (tmp_path / "fed" / "flower" / "mops").glob("*.log")}
+    assert logs == {"flwr-run.log", "superlink.log", "supernode-0.log", "supernode-1.log"}
+    results = json.loads((folder / "results.json").read_text())
+    rounds = results["mops"]["rounds"]
+    assert [r["step"] for r in rounds] == [1, 2] and all(r["clients_accepted"] == 2 for r in rounds)
+    assert rounds[-1]["eval"]["ppl"]["overall"]["ppl"] > 1
+    assert not flower_processes(cfg.output)
