@@ -202,8 +202,13 @@ def test_int8_is_close_to_fp32_and_smaller(tiny_model_dir: Path, tiny_tokenizer)
     assert compressed.report["bytes"]["memory"] < fp32.model.get_memory_footprint()
 
 
-def test_int8_after_pruning_keeps_the_zeros(tiny_model_dir: Path) -> None:
+def test_int8_after_pruning_keeps_the_zeros_and_reuses_the_pruned_model(tiny_model_dir: Path, monkeypatch) -> None:
+    pruned = _compress(tiny_model_dir, "magnitude:2:4").report
+    import mops.compression.compress as compress_module
+
+    monkeypatch.setattr(compress_module, "prune_model", lambda *a, **k: pytest.fail("pruned twice"))
     report = _compress(tiny_model_dir, "magnitude:2:4+int8").report
+    assert report["seconds"]["prune"] == pruned["seconds"]["prune"] and report["seconds"]["int8"] > 0
     assert report["sparsity"]["nm_verified"] is True
     assert report["label"] == "magnitude-2:4+int8"
 

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -176,4 +180,28 @@ def test_deployment_superlink_and_two_supernodes(tmp_path: Path, tiny_model_dir:
     rounds = results["mops"]["rounds"]
     assert [r["step"] for r in rounds] == [1, 2] and all(r["clients_accepted"] == 2 for r in rounds)
     assert rounds[-1]["eval"]["ppl"]["overall"]["ppl"] > 1
+    assert not flower_processes(cfg.output)
+
+
+def test_deployment_client_that_disconnects_is_dropped(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """Kill one SuperNode (and its ClientApp) after round 1: round 2 completes with the other two."""
+    cfg = FederatedConfig(output=str(tmp_path / "fed"), model=str(tiny_model_dir), num_clients=3, clients_per_round=3,
+                          rounds=2, round_timeout=30, **TINY)
+    run = threading.Thread(target=run_federated, args=(cfg, "deployment"), kwargs={"timeout": 400})
+    run.start()
+    first_round = tmp_path / "fed" / "mops" / "rounds" / "round-1" / "round.json"
+    deadline = time.monotonic() + 300
+    while not first_round.is_file() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert first_round.is_file()
+    marker = f"FLWR_HOME={(tmp_path / 'fed').resolve()}/flower/mops/home"
+    victims = [pid for pid in processes_with_env(marker)
+               if b"partition-id=2" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    assert len(victims) == 1
+    os.killpg(victims[0], signal.SIGKILL)
+    run.join()
+    second = json.loads((tmp_path / "fed" / "mops" / "rounds" / "round-2" / "round.json").read_text())
+    assert second["clients_accepted"] == 2
+    assert second["clients_missing"] == 1 or second["clients_sampled"] == 2  # timed out, or already gone
+    assert json.loads((tmp_path / "fed" / "mops" / "results.json").read_text())["mops"]["final"]
     assert not flower_processes(cfg.output)

@@ -67,7 +67,7 @@ def federate_command(
         if not as_json:
             console.print(f"[bold]{cfg.method}[/bold] on Flower ({engine}): {cfg.num_clients} clients, "
                           f"{cfg.clients_per_round} per round, {cfg.rounds} rounds; logs in {output}/flower/{cfg.method}")
-        folder = run_federated(cfg, engine, client_cpus, timeout)
+        folder = run_federated(cfg, engine, client_cpus, timeout, progress=not as_json)
         payload = json.loads((folder / "results.json").read_text())
         results = {**results, **payload}
     write_reports(output, results, methods)

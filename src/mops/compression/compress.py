@@ -12,10 +12,11 @@ import hashlib
 import platform
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+from transformers import AutoTokenizer
 
 from mops.compression.calibration import calibration_dataset
 from mops.compression.config import CompressionConfig
@@ -23,7 +24,7 @@ from mops.compression.pruning import prune_model
 from mops.compression.quantization import quantize_int8_folder
 from mops.compression.report import REPORT_FILE, read_compression_report, write_compression_report
 from mops.compression.stats import folder_bytes, sparsity_report
-from mops.models.loading import load_base_model, quiet_transformers
+from mops.models.loading import load_base_model, quiet_transformers, resolve_model_path
 from mops.paths import atomic_folder, cache_dir
 
 
@@ -55,6 +56,41 @@ def _device_name(device: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
+def _prune(base: str, cfg: CompressionConfig, device: str, folder: Path) -> tuple[float, float, int]:
+    """Prune a float copy of `base` into `folder`; returns (seconds pruning, 0, calibration sequences)."""
+    loaded = load_base_model(base, dtype="float32", device=device)
+    calibration = None
+    if cfg.calibrated:
+        calibration = calibration_dataset(loaded.tokenizer, cfg.calib_data, cfg.calib_samples, cfg.calib_length,
+                                          cfg.calib_seed)
+    t0 = time.perf_counter()
+    prune_model(loaded.model, loaded.tokenizer, cfg, calibration)
+    seconds = time.perf_counter() - t0
+    # The class method, not the instance attribute: llm-compressor wraps the instance's save_pretrained
+    # to write its own sparse format; we keep a plain dense folder that anything can load.
+    with quiet_transformers():
+        type(loaded.model).save_pretrained(loaded.model, str(folder))
+        loaded.tokenizer.save_pretrained(str(folder))
+    return seconds, 0.0, len(calibration) if calibration is not None else 0
+
+
+def _quantize(base: str, cfg: CompressionConfig, device: str, folder: Path) -> tuple[float, float, int]:
+    """LLM.int8() of the pruned float model (itself built once and cached) or of the base, into `folder`.
+
+    Returns the pruning seconds of the float model (0 without pruning; measured when it was built), the int8
+    seconds, and the calibration sequences.
+    """
+    source, prune_s, calibrated = Path(resolve_model_path(base)), 0.0, 0
+    if cfg.prune != "none":
+        pruned = compress_model(base, replace(cfg, int8=False), device=device)
+        source, prune_s, calibrated = pruned.path, pruned.report["seconds"]["prune"], pruned.report["calibration_sequences"]
+    t0 = time.perf_counter()
+    with quiet_transformers():
+        quantize_int8_folder(source, folder)
+        AutoTokenizer.from_pretrained(str(source)).save_pretrained(str(folder))
+    return prune_s, time.perf_counter() - t0, calibrated
+
+
 def compress_model(base: str, cfg: CompressionConfig, device: str = "auto", force: bool = False) -> CompressedModel:
     """Build (or reuse from the cache) the compressed copy of `base`; returns its folder and report.
 
@@ -67,35 +103,12 @@ def compress_model(base: str, cfg: CompressionConfig, device: str = "auto", forc
     if report:
         return CompressedModel(target, report)
     with atomic_folder(target, REPORT_FILE) as tmp:
-        start = time.perf_counter()
-        loaded = load_base_model(base, dtype="float32", device=device)
-        calibration = None
-        if cfg.calibrated:
-            calibration = calibration_dataset(
-                loaded.tokenizer, cfg.calib_data, cfg.calib_samples, cfg.calib_length, cfg.calib_seed
-            )
-        t0 = time.perf_counter()
-        prune_model(loaded.model, loaded.tokenizer, cfg, calibration)
-        prune_s = time.perf_counter() - t0
-        float_dir = tmp / "float" if cfg.int8 else tmp
-        # The class method, not the instance attribute: llm-compressor wraps the instance's save_pretrained
-        # to write its own sparse format; we keep a plain dense folder that anything can load.
-        with quiet_transformers():
-            type(loaded.model).save_pretrained(loaded.model, str(float_dir))
-            loaded.tokenizer.save_pretrained(str(tmp))
-            int8_s = 0.0
-            if cfg.int8:
-                t0 = time.perf_counter()
-                quantize_int8_folder(float_dir, tmp)
-                int8_s = time.perf_counter() - t0
-                shutil.rmtree(float_dir)
-        del loaded
+        prune_s, int8_s, calibrated = (_quantize if cfg.int8 else _prune)(base, cfg, device, tmp)
         report = {
             "base": base, "label": cfg.label, "config": cfg.to_dict(),
             "device": _device_name(torch.device("cuda" if torch.cuda.is_available() and device != "cpu" else "cpu")),
-            "seconds": {"prune": round(prune_s, 2), "int8": round(int8_s, 2),
-                        "total": round(time.perf_counter() - start, 2)},
-            "calibration_sequences": len(calibration) if calibration is not None else 0,
+            "seconds": {"prune": round(prune_s, 2), "int8": round(int8_s, 2), "total": round(prune_s + int8_s, 2)},
+            "calibration_sequences": calibrated,
         }
         write_compression_report(tmp, report)  # lets the reload below see it is an int8 folder
         reloaded = load_base_model(str(tmp), dtype="float32", device=device)

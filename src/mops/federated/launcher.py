@@ -27,6 +27,7 @@ import httpx
 
 from mops.errors import ConfigError, MopsError
 from mops.federated.config import FederatedConfig
+from mops.progress import progress_bar
 
 ENGINES = ("simulation", "deployment")
 
@@ -177,8 +178,27 @@ def check_resumable(folder: Path, cfg: FederatedConfig) -> None:
     file.write_text(json.dumps(asdict(cfg), indent=2))
 
 
+def _follow_rounds(driver: subprocess.Popen, rounds_dir: Path, cfg: FederatedConfig, timeout: float | None,
+                   progress: bool) -> int:
+    """Wait for `flwr run` to finish, showing finished rounds (and their test PPL) as they land on disk."""
+    start = time.monotonic()
+    with progress_bar(cfg.rounds, f"{cfg.method} rounds", enabled=progress) as advance:
+        shown = 0
+        while True:
+            done = sorted(rounds_dir.glob("round-*/round.json"), key=lambda p: int(p.parent.name.split("-")[1]))
+            for file in done[shown:]:
+                record = json.loads(file.read_text())
+                advance(ppl=record["eval_ppl"], accepted=record["clients_accepted"])
+            shown = len(done)
+            if driver.poll() is not None:
+                return driver.returncode
+            if timeout is not None and time.monotonic() - start > timeout:
+                raise FederatedRunError(f"the federated run took longer than {timeout:.0f}s; logs in {rounds_dir.parent.parent}/flower")
+            time.sleep(1.0)
+
+
 def run_federated(cfg: FederatedConfig, engine: str = "simulation", client_cpus: int = 1,
-                  timeout: float | None = None) -> Path:
+                  timeout: float | None = None, progress: bool = False) -> Path:
     """Run one federated training with `flwr run`; returns ``output/<method>`` (results.json, adapter, logs)."""
     if engine not in ENGINES:
         raise MopsError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
@@ -207,12 +227,9 @@ def run_federated(cfg: FederatedConfig, engine: str = "simulation", client_cpus:
         cmd = [_bin("flwr"), "run", str(app_dir), "mops", "--stream"]
         if engine == "simulation":
             cmd += ["--federation-config", f"num-supernodes={cfg.num_clients} client-resources-num-cpus={client_cpus}"]
-        with (flower / "flwr-run.log").open("w") as log:
-            try:
-                done = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=timeout)
-            except subprocess.TimeoutExpired as err:
-                raise FederatedRunError(f"the federated run took longer than {timeout:.0f}s; logs in {flower}") from err
-    if done.returncode != 0 or not results.is_file():
+        driver = stack.enter_context(process(cmd, flower / "flwr-run.log", env))
+        code = _follow_rounds(driver, run_dir / cfg.method / "rounds", cfg, timeout, progress)
+    if code != 0 or not results.is_file():
         tail = (flower / "flwr-run.log").read_text()[-2000:]
-        raise FederatedRunError(f"the federated run failed (flwr run exit {done.returncode}); logs in {flower}:\n{tail}")
+        raise FederatedRunError(f"the federated run failed (flwr run exit {code}); logs in {flower}:\n{tail}")
     return run_dir / cfg.method

@@ -67,6 +67,14 @@ class MopsFedAvg(FedAvg):
         return super().aggregate_train(server_round, accepted)
 
 
+def wait_for_clients(grid: Grid, wanted: int, timeout: float) -> int:
+    """Wait (at most `timeout` s) until `wanted` clients are connected; returns how many are."""
+    deadline = time.monotonic() + timeout
+    while len(connected := list(grid.get_node_ids())) < wanted and time.monotonic() < deadline:
+        time.sleep(1.0)
+    return len(connected)
+
+
 def _last_round(rounds_dir: Path) -> int:
     done = [int(p.parent.name.split("-")[1]) for p in rounds_dir.glob("round-*/round.json")]
     return max(done, default=0)
@@ -95,9 +103,12 @@ def main(grid: Grid, context: Context) -> None:
     reference = trainable_state(model)
     frozen = ArrayRecord({FROZEN_KEY: model.adapter_state()[FROZEN_KEY]})
     random.seed(cfg.seed * 7919 + offset)  # Flower samples clients with `random`
-    strategy = MopsFedAvg(frozen, reference, offset, fraction_train=cfg.clients_per_round / cfg.num_clients,
-                          fraction_evaluate=0.0, min_train_nodes=cfg.clients_per_round,
-                          min_available_nodes=cfg.num_clients)
+    rt.logger.log({"stage": "federation", "step": offset,
+                   "clients_connected": wait_for_clients(grid, cfg.num_clients, cfg.round_timeout)})
+    # Sample round(k / n) of the clients connected now: k while all are there, fewer after disconnects
+    # (requiring k or n connected clients would wait forever once one has gone).
+    strategy = MopsFedAvg(frozen, reference, offset, fraction_train=min(1.0, (cfg.clients_per_round + 0.5) / cfg.num_clients),
+                          fraction_evaluate=0.0, min_train_nodes=1, min_available_nodes=1)
 
     def after_round(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         if server_round == 0:
