@@ -6,6 +6,8 @@ import json
 import math
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -205,3 +207,22 @@ def test_deployment_client_that_disconnects_is_dropped(tmp_path: Path, tiny_mode
     assert second["clients_missing"] == 1 or second["clients_sampled"] == 2  # timed out, or already gone
     assert json.loads((tmp_path / "fed" / "mops" / "results.json").read_text())["mops"]["final"]
     assert not flower_processes(cfg.output)
+
+
+def test_sigterm_stops_every_flower_process(tmp_path: Path, tiny_model_dir: Path) -> None:
+    run = tmp_path / "fed"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mops.cli.app", "federate", "--method", "mops", "--model", str(tiny_model_dir),
+         "-o", str(run), "--clients", "2", "--clients-per-round", "2", "--rounds", "50", "--total", "70",
+         "--max-length", "48", "--prompts-per-expert", "1", "--injection-layer", "2", "--json"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    started = run / "flower" / "mops" / "flwr-run.log"
+    deadline = time.monotonic() + 120
+    while not started.is_file() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert started.is_file()
+    time.sleep(3)
+    assert flower_processes(str(run))
+    proc.terminate()
+    assert proc.wait(60) != 0
+    assert not flower_processes(str(run))

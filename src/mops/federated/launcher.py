@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict
@@ -105,6 +106,23 @@ def stop_group(proc: subprocess.Popen, grace: float = 10.0) -> None:
             break
         except subprocess.TimeoutExpired:
             continue
+
+
+@contextmanager
+def _terminate_as_exit() -> Iterator[None]:
+    """Turn SIGTERM into SystemExit while a run is on, so `kill` also stops every Flower process we started."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def processes_with_env(marker: str) -> list[int]:
@@ -217,6 +235,7 @@ def run_federated(cfg: FederatedConfig, engine: str = "simulation", client_cpus:
         f'[superlink]\ndefault = "mops"\n\n[superlink.mops]\naddress = "127.0.0.1:{port}"\ninsecure = true\n')
     with ExitStack() as stack:
         stack.callback(stop_stragglers, f"FLWR_HOME={home}")  # runs last
+        stack.enter_context(_terminate_as_exit())
         link_log = flower / "superlink.log"
         link = stack.enter_context(process(superlink_cmd(port, engine == "simulation"), link_log, env))
         wait_healthy(port, link, link_log)
