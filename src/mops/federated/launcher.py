@@ -178,7 +178,7 @@ def supernode_cmd(superlink_port: int, port: int, pid: int, num: int) -> list[st
             "--node-config", f"partition-id={pid} num-partitions={num}"]
 
 
-RESUMABLE = ("rounds", "round_timeout", "inject_faults")  # settings a resumed run may change
+RESUMABLE = ("output", "rounds", "round_timeout", "inject_faults")  # settings a resumed run may change
 
 
 def check_resumable(folder: Path, cfg: FederatedConfig) -> None:
