@@ -129,6 +129,7 @@ def test_simulation_both_methods_then_resume(tmp_path: Path, tiny_model_dir: Pat
     summary = json.loads(out.stdout)
     assert summary["mops"]["overall"]["ppl"] > 1 and summary["fedprompt"]["overall"]["ppl"] > 1
     assert "MoPs gain" in (run / "results.md").read_text() and (run / "gate_final.png").is_file()
+    assert "| mops | 2 |" in (run / "rounds.md").read_text()
     for method, gate in (("fedprompt", False), ("mops", True)):
         rounds = [json.loads((run / method / "rounds" / f"round-{n}" / "round.json").read_text()) for n in (1, 2)]
         for r in rounds:

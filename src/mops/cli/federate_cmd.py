@@ -10,7 +10,7 @@ import typer
 
 from mops.cli.common import CompressOpt, DataOpt, JsonOpt, ModelOpt, SeedOpt, TasksOpt, TotalOpt, console, emit_json
 from mops.federated.config import FederatedConfig
-from mops.reports.tables import rich_table
+from mops.reports.tables import ROUND_HEADERS, markdown_table, rich_table, round_rows
 
 D = FederatedConfig()  # defaults shown in --help come from the config itself
 
@@ -71,6 +71,8 @@ def federate_command(
         payload = json.loads((folder / "results.json").read_text())
         results = {**results, **payload}
     write_reports(output, results, methods)
+    (output / "rounds.md").write_text("Per round (test PPL on the eval subset; bytes as serialised by Flower).\n\n"
+                                      + markdown_table(ROUND_HEADERS, round_rows(results, methods)))
     headers, rows = comparison_rows(results, methods)
     if as_json:
         emit_json({m: results[m]["final"]["ppl"] for m in methods} | {"run_dir": str(output)})

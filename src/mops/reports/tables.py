@@ -32,3 +32,14 @@ def ppl_rows(report: dict) -> list[list[object]]:
     rows = [[t, s["tokens"], s["nll"], s["ppl"]] for t, s in report["per_task"].items()]
     o = report["overall"]
     return rows + [["overall", o["tokens"], o["nll"], o["ppl"]]]
+
+
+ROUND_HEADERS = ["method", "round", "round time (s)", "bytes sent", "bytes received", "clients accepted",
+                 "mean client loss", "test PPL"]
+
+
+def round_rows(results: dict, methods: Sequence[str]) -> list[list[object]]:
+    """One row per federated round and method: time, communication, accepted clients, loss, test PPL."""
+    return [[m, r["step"], round(r["round_seconds"]), f"{r['bytes_sent']:,}", f"{r['bytes_received']:,}",
+             f"{r['clients_accepted']}/{r['clients_sampled']}", r["client_loss"], r["eval_ppl"]]
+            for m in methods for r in results[m]["rounds"]]
