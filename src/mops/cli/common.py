@@ -30,15 +30,6 @@ CompressOpt = typer.Option(
 )
 
 
-def compression_from(spec: str | None, data: str = "dolly", seed: int = 0):
-    """`--compress` text -> `CompressionConfig` (None when not given); calibration on `data`'s train split."""
-    if not spec:
-        return None
-    from mops.compression import CompressionConfig
-
-    return CompressionConfig.parse(spec, calib_data=data, calib_seed=seed)
-
-
 def emit_json(payload: Any) -> None:
     sys.stdout.write(json.dumps(payload, indent=2) + "\n")
 

@@ -10,8 +10,9 @@ import typer
 
 from mops.cli.common import (
     CompressOpt, DataOpt, DeviceOpt, DtypeOpt, JsonOpt, MaxLenOpt, ModelOpt, SeedOpt, SkipOpt, TasksOpt, TemplateOpt,
-    TotalOpt, compression_from, console, emit_json, write_json,
+    TotalOpt, console, emit_json, write_json,
 )
+from mops.compression.config import compression_from
 from mops.data import Tokenizer, load_splits
 from mops.data.selection import first_per_task
 from mops.evaluation import base_logits_fn, evaluate_perplexity

@@ -7,7 +7,8 @@ from typing import Optional
 
 import typer
 
-from mops.cli.common import CompressOpt, DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, TemplateOpt, compression_from, console, emit_json
+from mops.cli.common import CompressOpt, DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, TemplateOpt, console, emit_json
+from mops.compression.config import compression_from
 
 
 def generate_command(

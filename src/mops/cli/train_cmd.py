@@ -11,8 +11,9 @@ import typer
 
 from mops.cli.common import (
     CompressOpt, DataOpt, DeviceOpt, DtypeOpt, JsonOpt, MaxLenOpt, ModelOpt, SkipOpt, TasksOpt, TemplateOpt,
-    TotalOpt, compression_from, console, emit_json,
+    TotalOpt, console, emit_json,
 )
+from mops.compression.config import compression_from
 from mops.errors import ConfigError
 from mops.reports.tables import rich_table
 

@@ -24,7 +24,7 @@ from mops.compression.pruning import prune_model
 from mops.compression.quantization import quantize_int8_folder
 from mops.compression.report import REPORT_FILE, read_compression_report, write_compression_report
 from mops.compression.stats import folder_bytes, sparsity_report
-from mops.models.loading import load_base_model, quiet_transformers, resolve_model_path
+from mops.models.loading import load_base_model, quiet_transformers, resolve_device, resolve_model_path
 from mops.paths import atomic_folder, cache_dir
 
 
@@ -106,7 +106,7 @@ def compress_model(base: str, cfg: CompressionConfig, device: str = "auto", forc
         prune_s, int8_s, calibrated = (_quantize if cfg.int8 else _prune)(base, cfg, device, tmp)
         report = {
             "base": base, "label": cfg.label, "config": cfg.to_dict(),
-            "device": _device_name(torch.device("cuda" if torch.cuda.is_available() and device != "cpu" else "cpu")),
+            "device": _device_name(resolve_device(device)),
             "seconds": {"prune": round(prune_s, 2), "int8": round(int8_s, 2), "total": round(prune_s + int8_s, 2)},
             "calibration_sequences": calibrated,
         }

@@ -122,3 +122,8 @@ class CompressionConfig:
                 except ValueError:
                     raise ConfigError(f"--compress {text!r}: {amount!r} is neither a ratio nor an N:M pattern") from None
         return cls(prune=prune, ratio=ratio, pattern=pattern, int8=int8, **calibration)
+
+
+def compression_from(spec: str | None, data: str = "dolly", seed: int = 0) -> CompressionConfig | None:
+    """`--compress` text -> `CompressionConfig` (None when not given), calibrated on `data`'s train split."""
+    return CompressionConfig.parse(spec, calib_data=data, calib_seed=seed) if spec else None

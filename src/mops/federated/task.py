@@ -12,6 +12,7 @@ from functools import lru_cache
 
 import torch
 
+from mops.compression.config import compression_from
 from mops.data import DataSplits, Encoded, Tokenizer, load_splits
 from mops.federated.config import FederatedConfig
 from mops.federated.partition import partition_examples
@@ -45,8 +46,6 @@ def _setup_key(cfg: FederatedConfig) -> tuple:
 @lru_cache(maxsize=2)
 def _shared(key: tuple) -> SharedSetup:
     model, compress, data, tasks, total, max_length, clients, scheme, factor, alpha, seed = key
-    from mops.cli.common import compression_from
-
     base = load_base_model(model, compression=compression_from(compress or None, data, seed))
     splits = load_splits(data, tasks or None, total, seed=seed)
     tokenizer = Tokenizer(base.tokenizer, splits.tasks, max_length)
