@@ -108,7 +108,7 @@ def main() -> None:
                 def fn(b, positions, mop=mop):
                     embeds, full = mop.prepare_inputs(b["input_ids"], b["attention_mask"])
                     logits = mop.lm(inputs_embeds=embeds, attention_mask=full, use_cache=False).logits
-                    return logits[:, mop.config.num_prompts :][:, positions]
+                    return logits[:, mop.config.num_slots :][:, positions]
             else:
                 cache = open_prefix_cache(mop, encoded, pad) if cached else None
                 for idx in picks[grouped] if cached else []:
@@ -118,7 +118,7 @@ def main() -> None:
             per_step_tokens[name] = tokens[grouped]
             mop.unload()
         layer = MoPConfig().validate_for(base.model.config.num_hidden_layers).injection_layer
-        k = MoPConfig().num_prompts
+        k = MoPConfig().num_slots
         peft_model = get_peft_model(base.model, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=k))
         peft_fn = lambda b, p, m=peft_model, k=k: m(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, k:][:, p]
         params = [p for p in peft_model.parameters() if p.requires_grad]
@@ -149,7 +149,7 @@ def main() -> None:
         "benchmark": "train_step", "model": args.model, "device": str(device),
         "device_name": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
         "threads": torch.get_num_threads(), "dtype": str(base.model.dtype), "max_length": args.max_length,
-        "prompts": MoPConfig().num_prompts, "steps": args.steps, "torch": torch.__version__,
+        "prompts": MoPConfig().num_slots, "steps": args.steps, "torch": torch.__version__,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "prefix_cache_size_full_datasets": cache_sizes, "results": results,
     }

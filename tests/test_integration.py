@@ -48,7 +48,7 @@ def test_base_perplexity_on_bundled_dolly(smollm2):
 
 
 def test_gate_changes_real_smollm2_logits_and_neutral_gate_is_no_gate(smollm2):
-    mop = MoPModel(smollm2, MoPConfig(num_experts=7, prompts_per_expert=2))
+    mop = MoPModel(smollm2, MoPConfig(num_experts=7, prompts_per_expert=2, routing="attention"))
     try:
         assert mop.config.injection_layer == 10
         enc = Tokenizer(smollm2.tokenizer, ["t"], 64)
@@ -79,7 +79,7 @@ def test_real_gemma3_270m_with_mops(gemma3):
     """A second real architecture: injection at layer 6 of 18, gate semantics and cached generation."""
     from mops.data import Example
 
-    mop = MoPModel(gemma3, MoPConfig(num_experts=7, prompts_per_expert=2))
+    mop = MoPModel(gemma3, MoPConfig(num_experts=7, prompts_per_expert=2, routing="attention"))
     try:
         assert mop.config.injection_layer == 6
         tok = Tokenizer(gemma3.tokenizer, ["t"], 64)

@@ -17,7 +17,7 @@ IMPLS = ("sdpa", "eager")
 
 
 def make_mop(arch="llama", attn="sdpa", tokenizer=None, seed=0, **cfg) -> MoPModel:
-    settings = {"num_experts": 3, "prompts_per_expert": 2, "injection_layer": 2, **cfg}
+    settings = {"num_experts": 3, "prompts_per_expert": 2, "injection_layer": 2, "routing": "attention", **cfg}
     base = BaseModel(tiny_model(arch, attn=attn, seed=seed), tokenizer, f"tiny-{arch}", "memory")
     return MoPModel(base, MoPConfig(**settings))
 
@@ -133,14 +133,16 @@ def test_gradients_reach_only_prompts_and_gate_and_base_stays_bit_identical():
     before = {k: v.clone() for k, v in mop.lm.state_dict().items()}
     p1 = mop.input_prompts.detach().clone()
     params = mop.set_stage("mop")
-    assert {id(p) for p in params} == {id(mop.expert_prompts), *(id(p) for p in mop.gate.parameters())}
+    trainable_gate = [p for n, p in mop.gate.named_parameters() if n != "strength"]  # strength: fixed by default
+    assert {id(p) for p in params} == {id(mop.expert_prompts), *(id(p) for p in trainable_gate)}
     opt = torch.optim.AdamW(params, lr=1e-2)
     ids, mask = batch()
     for _ in range(3):
         loss = mop(ids, mask)[mask.bool()].logsumexp(-1).mean()
         loss.backward()
         assert mop.expert_prompts.grad.abs().sum() > 0
-        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in mop.gate.parameters())
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in trainable_gate)
+        assert mop.gate.strength.grad is None
         assert mop.input_prompts.grad is None
         assert all(p.grad is None for p in mop.lm.parameters())
         opt.step()

@@ -12,6 +12,7 @@ from mops.cli.compress_cmd import compress_command, sweep_command
 from mops.cli.eval_cmd import eval_command
 from mops.cli.federate_cmd import federate_command
 from mops.cli.generate_cmd import generate_command
+from mops.cli.reproduce_cmd import reproduce_command
 from mops.cli.train_cmd import demo_command, train_command
 from mops.errors import MopsError
 
@@ -24,6 +25,7 @@ app.command("demo")(demo_command)
 app.command("compress")(compress_command)
 app.command("compress-sweep")(sweep_command)
 app.command("federate")(federate_command)
+app.command("reproduce")(reproduce_command)
 
 
 @app.command("models")

@@ -36,7 +36,8 @@ def federate_command(
     skew_factor: float = typer.Option(D.skew_factor, "--skew-factor"),
     alpha: float = typer.Option(D.dirichlet_alpha, "--alpha", help="Dirichlet concentration."),
     num_experts: int = typer.Option(D.num_experts, "--num-experts"),
-    prompts_per_expert: int = typer.Option(D.prompts_per_expert, "--prompts-per-expert"),
+    prompts_per_expert: int = typer.Option(D.prompts_per_expert, "--prompts-per-expert", help="0: 70 with merge routing, 10 with attention routing."),
+    routing: str = typer.Option(D.routing, "--routing", help="merge or attention (the paper's)."),
     injection_layer: int = typer.Option(D.injection_layer, "--injection-layer", help="-1: L/3."),
     recovery_steps: int = typer.Option(D.recovery_steps, "--recovery-steps"),
     gate_pretrain_steps: int = typer.Option(D.gate_pretrain_steps, "--gate-pretrain-steps"),
@@ -58,7 +59,7 @@ def federate_command(
         output=str(output), method=m, model=model, compress=compress or "", data=data, tasks=tasks or "", total=total,
         max_length=max_length, num_clients=num_clients, clients_per_round=clients_per_round, rounds=rounds,
         local_steps=local_steps, batch_size=batch_size, lr=lr, gate_lr=gate_lr, partition=partition,
-        skew_factor=skew_factor, dirichlet_alpha=alpha, num_experts=num_experts, prompts_per_expert=prompts_per_expert,
+        skew_factor=skew_factor, dirichlet_alpha=alpha, num_experts=num_experts, prompts_per_expert=prompts_per_expert, routing=routing,
         injection_layer=injection_layer, recovery_steps=recovery_steps, gate_pretrain_steps=gate_pretrain_steps,
         gate_pretrain_examples=gate_pretrain_examples, eval_limit_per_task=eval_limit_per_task,
         round_timeout=round_timeout, seed=seed, inject_faults=inject_faults) for m in methods]

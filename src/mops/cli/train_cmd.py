@@ -15,6 +15,7 @@ from mops.cli.common import (
 )
 from mops.compression.config import compression_from
 from mops.errors import ConfigError
+from mops.training.overrides import parse_overrides
 from mops.reports.tables import rich_table
 
 
@@ -38,15 +39,17 @@ class RunRequest:
     skip_invalid: bool
     compress: Optional[str] = None
     progress: bool = True
+    experiment_log: Optional[Path] = None
+    note: str = ""
 
 
 def parse_methods(text: str) -> list[str]:
     from mops.training import METHODS
 
-    methods = ["baseline", "mops"] if text == "both" else [m for m in text.split(",") if m]
+    methods = ["baseline", "mops"] if text == "both" else [m.strip() for m in text.split(",") if m.strip()]
     bad = [m for m in methods if m not in METHODS]
-    if bad or not methods:
-        raise ConfigError(f"--method must be baseline, mops or both, got {text!r}")
+    if bad or not methods or len(set(methods)) != len(methods):
+        raise ConfigError(f"--method must be both or a comma-separated list of {', '.join(METHODS)}, got {text!r}")
     return methods
 
 
@@ -98,9 +101,13 @@ def execute(req: RunRequest) -> dict:
             console.print(rich_table(f"test PPL ({req.data}, {req.model}{'+' + base.compression if base.compression else ''}, seed {seed})", headers, rows))
             console.print(f"results: {run_dir}/results.md, figures: {run_dir}/*.png, "
                           f"adapters: {', '.join(f'{run_dir}/{m}/adapter' for m in req.methods)}")
+    if req.experiment_log is not None and rt.is_main:
+        from mops.reports.experiment_log import append_record, experiment_record
+
+        append_record(req.experiment_log, experiment_record(req.output.name, req.note, settings, per_seed, req.output))
     if len(req.seeds) == 1:
         return per_seed[req.seeds[0]]
-    summary = summarize_seeds(per_seed, splits.tasks) if set(req.methods) == {"baseline", "mops"} else {}
+    summary = summarize_seeds(per_seed, splits.tasks) if {"baseline", "mops"} <= set(req.methods) else {}
     if summary:
         (req.output / "summary.json").write_text(json.dumps(summary, indent=2))
         (req.output / "summary.md").write_text(summary_markdown(summary))
@@ -115,20 +122,24 @@ def train_command(
     data: str = DataOpt,
     tasks: Optional[str] = TasksOpt,
     total: int = TotalOpt,
-    method: str = typer.Option("both", "--method", help="mops, baseline (prompt tuning at the same layer, no gate) or both."),
+    method: str = typer.Option("both", "--method", help="both (= baseline,mops) or a list of mops, baseline (prompt "
+                                                       "tuning at the same layer, no gate), lora, ia3 (peft)."),
     output: Path = typer.Option(Path("runs/train"), "--output", "-o", help="Run folder; re-running with it resumes."),
     num_experts: int = typer.Option(7, "--num-experts", help="Expert groups E (paper: 7)."),
-    prompts_per_expert: int = typer.Option(10, "--prompts-per-expert", help="Prompts per expert (paper: 10)."),
+    prompts_per_expert: Optional[int] = typer.Option(None, "--prompts-per-expert", help="Prompts per expert (default: "
+                                                     "70 with merge routing, 10 with attention routing)."),
+    routing: str = typer.Option("merge", "--routing", help="merge (each input's slots = gate-weighted mean of "
+                                                           "the experts) or attention (the paper's)."),
     injection_layer: Optional[int] = typer.Option(None, "--injection-layer", help="Layer L_int (default: L/3)."),
     input_prompts: bool = typer.Option(True, "--input-prompts/--no-input-prompts", help="Frozen recovery prompts P^1."),
     gate_mode: str = typer.Option("scaled", "--gate-mode", help="scaled (E x softmax) or softmax (paper)."),
     gate_hidden_size: int = typer.Option(256, "--gate-hidden-size"),
-    prompt_init: str = typer.Option("input_prompts", "--prompt-init", help="input_prompts, vocab, random or text."),
+    prompt_init: str = typer.Option("input_prompts", "--prompt-init", help="input_prompts, task_examples, vocab, random or text."),
     steps: int = typer.Option(200, "--steps", help="Main-stage optimiser steps."),
     batch_size: int = typer.Option(8, "--batch-size", "-b", help="Global batch size."),
     grad_accum: int = typer.Option(1, "--grad-accum"),
-    lr: float = typer.Option(1e-3, "--lr", help="Expert prompt learning rate."),
-    gate_lr: Optional[float] = typer.Option(None, "--gate-lr", help="Gate learning rate (default: --lr)."),
+    lr: float = typer.Option(1e-2, "--lr", help="Prompt learning rate (paper: 1e-3)."),
+    gate_lr: float = typer.Option(1e-4, "--gate-lr", help="Gate learning rate."),
     recovery_steps: int = typer.Option(20, "--recovery-steps", help="P^1 recovery steps (paper: 20)."),
     recovery_lr: float = typer.Option(1e-3, "--recovery-lr"),
     gate_pretrain_steps: int = typer.Option(300, "--gate-pretrain-steps"),
@@ -148,22 +159,29 @@ def train_command(
     seeds: str = typer.Option("0", "--seeds", "--seed", help="Training seed, or several (0,1,2) for a paired comparison "
                                                           "over seeds (mean +- std of MoPs' gain)."),
     skip_invalid: bool = SkipOpt,
+    overrides: list[str] = typer.Option([], "--set", help="Any MoPConfig/TrainConfig field, e.g. --set gate_strength=0.5 "
+                                                         "--set gate_balance=0.01 (repeatable; see the docs for all)."),
+    experiment_log: Optional[Path] = typer.Option(None, "--experiment-log", help="Research log folder: add this run "
+                                                  "(named after -o) to its log.jsonl and index.md."),
+    note: str = typer.Option("", "--note", help="What this run tries (the log's description)."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Recovery prompts -> gate pretraining -> baseline and/or MoPs; per-task PPL table, heatmaps, adapters."""
+    set_mop, set_train = parse_overrides(overrides)
     req = RunRequest(
         model=model, data=data, tasks=tasks, total=total, methods=parse_methods(method), output=output,
-        mop=dict(num_experts=num_experts, prompts_per_expert=prompts_per_expert, injection_layer=injection_layer,
+        mop=dict(num_experts=num_experts, prompts_per_expert=prompts_per_expert, routing=routing,
+                 injection_layer=injection_layer,
                  num_input_prompts=None if input_prompts else 0, gate_mode=gate_mode,
-                 gate_hidden_size=gate_hidden_size, prompt_init=prompt_init),
+                 gate_hidden_size=gate_hidden_size, prompt_init=prompt_init) | set_mop,
         train=dict(steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr, gate_lr=gate_lr,
                    recovery_steps=recovery_steps, recovery_lr=recovery_lr, gate_pretrain_steps=gate_pretrain_steps,
                    gate_pretrain_examples=gate_pretrain_examples, eval_every=eval_every,
                    eval_limit_per_task=eval_limit_per_task, eval_batch_size=eval_batch_size,
                    checkpoint_every=checkpoint_every, max_grad_norm=max_grad_norm, cache_activations=cache,
-                   group_by_length=group_by_length, cache_dtype=cache_dtype),
+                   group_by_length=group_by_length, cache_dtype=cache_dtype) | set_train,
         max_length=max_length, template=template, dtype=dtype, device=device, seeds=parse_seeds(seeds),
-        skip_invalid=skip_invalid, compress=compress, progress=not as_json,
+        skip_invalid=skip_invalid, compress=compress, progress=not as_json, experiment_log=experiment_log, note=note,
     )
     results = execute(req)
     if as_json:
@@ -187,8 +205,8 @@ def demo_command(
     """
     req = RunRequest(
         model=model, data=data, tasks=None, total=5000, methods=["baseline", "mops"], output=output,
-        mop=dict(num_experts=7, prompts_per_expert=10),
-        train=dict(steps=steps, batch_size=4, lr=1e-2, gate_lr=1e-3, recovery_steps=5, recovery_lr=1e-2,
+        mop=dict(num_experts=7),
+        train=dict(steps=steps, batch_size=4, lr=1e-2, gate_lr=1e-4, recovery_steps=5, recovery_lr=1e-2,
                    gate_pretrain_steps=200, gate_pretrain_examples=140, eval_limit_per_task=10,
                    checkpoint_every=10),
         max_length=128, template="plain", dtype="auto", device=device, seeds=[0], skip_invalid=False,

@@ -20,7 +20,7 @@ from flwr.clientapp import ClientApp
 from mops.federated.config import FederatedConfig, parse_faults
 from mops.federated.task import FROZEN_KEY, load_state, mean_loss, mop_config, shared_setup, train_config, trainable_state
 from mops.training.logger import RunLogger
-from mops.training.loop import Runtime, train_steps
+from mops.training.loop import Runtime, mop_param_groups, train_steps
 from mops.tuners.mops.model import MoPModel
 from mops.tuners.mops.prefix_cache import mop_logits_fn, open_prefix_cache
 
@@ -54,9 +54,7 @@ def local_train(cfg: FederatedConfig, pid: int, server_round: int, trainable: di
     model.set_stage("mop")
     load_state(model, trainable, frozen)
     tcfg = train_config(cfg, cfg.local_steps, seed=cfg.seed * 100_003 + server_round * 1009 + pid)
-    groups = [{"params": [model.expert_prompts], "lr": tcfg.lr}]
-    if model.config.use_gate:
-        groups.append({"params": list(model.gate.parameters()), "lr": tcfg.effective_gate_lr})
+    groups = mop_param_groups(model, tcfg, "mops")
     rt = Runtime(Accelerator(cpu=not torch.cuda.is_available()), RunLogger(Path("."), enabled=False), progress=False)
     pad_id = setup.base.tokenizer.pad_token_id
     cache = open_prefix_cache(model, data, pad_id, tcfg.cache_dtype)

@@ -58,7 +58,8 @@ def shared_setup(cfg: FederatedConfig) -> SharedSetup:
 
 
 def mop_config(cfg: FederatedConfig, tasks: list[str]) -> MoPConfig:
-    return MoPConfig(num_experts=cfg.num_experts, prompts_per_expert=cfg.prompts_per_expert,
+    return MoPConfig(num_experts=cfg.num_experts, prompts_per_expert=cfg.prompts_per_expert or None,
+                     routing=cfg.routing,
                      injection_layer=None if cfg.injection_layer < 0 else cfg.injection_layer,
                      use_gate=cfg.use_gate, tasks=tasks, init_seed=cfg.seed)
 
@@ -77,6 +78,8 @@ def trainable_state(model: MoPModel) -> dict[str, torch.Tensor]:
     state.pop(FROZEN_KEY)
     if not model.config.use_gate:
         state = {k: v for k, v in state.items() if not k.startswith("gate.")}
+    elif not model.config.learn_gate_strength:
+        state.pop("gate.strength")  # a fixed setting, not a trained array
     return state
 
 

@@ -14,8 +14,17 @@ class TrainConfig:
     steps: int = field(default=200, metadata={"help": "Optimiser steps of the main stage (paper: 20,000 at batch 1)."})
     batch_size: int = field(default=8, metadata={"help": "Global examples per optimiser step (all processes)."})
     grad_accum: int = field(default=1, metadata={"help": "Micro-batches per process per step."})
-    lr: float = field(default=1e-3, metadata={"help": "Expert prompt learning rate (paper: 1e-3, constant)."})
-    gate_lr: float | None = field(default=None, metadata={"help": "Gate learning rate (default: lr)."})
+    lr: float = field(default=1e-2, metadata={"help": "Prompt learning rate, constant (paper: 1e-3, which "
+                                                    "under-trains both methods on small models)."})
+    gate_lr: float | None = field(default=1e-4, metadata={"help": "Gate learning rate (None: lr). Low keeps the "
+                                                               "pretrained routing; higher rates collapse it."})
+    baseline_lr: float | None = field(
+        default=None, metadata={"help": "Prompt learning rate of the baseline (default: lr), so each method runs at "
+                                        "its own tuned rate."}
+    )
+    gate_balance: float = field(
+        default=0.0, metadata={"help": "Weight of the load-balancing loss log E - H(batch-mean gate) (0 = none)."}
+    )
     recovery_steps: int = field(default=20, metadata={"help": "Input prompt (P^1) recovery steps (paper: 20)."})
     recovery_lr: float = field(default=1e-3, metadata={"help": "Learning rate of the recovery stage."})
     gate_pretrain_steps: int = field(default=300, metadata={"help": "Gate pretraining steps (0 = none)."})
@@ -24,6 +33,15 @@ class TrainConfig:
         default=1000, metadata={"help": "Instruction-only training examples for gate pretraining."}
     )
     gate_pretrain_batch_size: int = field(default=64, metadata={"help": "Gate pretraining batch size."})
+    gate_pretrain_smoothing: float = field(
+        default=0.0, metadata={"help": "Label smoothing of gate pretraining (soft task -> expert targets; 0 = hard)."}
+    )
+    lora_r: int = field(default=2, metadata={"help": "LoRA rank (paper: 2)."})
+    lora_alpha: float = field(default=32, metadata={"help": "LoRA alpha (paper: 32)."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout (paper: 0.05)."})
+    peft_targets: str = field(
+        default="q_proj,v_proj", metadata={"help": "Comma-separated module names LoRA / IA3 adapt (paper: q, v)."}
+    )
     eval_every: int = field(default=0, metadata={"help": "Evaluate every N steps (0: only at the end)."})
     eval_limit_per_task: int | None = field(default=None, metadata={"help": "Test examples per task to score."})
     eval_batch_size: int = field(default=8, metadata={"help": "Evaluation batch size."})
@@ -34,6 +52,10 @@ class TrainConfig:
         default=True,
         metadata={"help": "Batch examples of similar length together (less padding; the order is still a "
                           "function of seed and step, the same for baseline and MoPs)."},
+    )
+    deterministic: bool = field(
+        default=False, metadata={"help": "torch deterministic algorithms (bit-identical re-runs where the hardware "
+                                         "allows; slower on GPU)."},
     )
     cache_activations: bool = field(
         default=True,
@@ -52,13 +74,21 @@ class TrainConfig:
         for name in ("batch_size", "grad_accum", "eval_batch_size", "gate_pretrain_batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("lr", "recovery_lr", "gate_pretrain_lr"):
-            if not getattr(self, name) > 0:
+        for name in ("lr", "recovery_lr", "gate_pretrain_lr", "gate_lr", "baseline_lr"):
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
                 raise ConfigError(f"TrainConfig.{name} must be > 0, got {getattr(self, name)}")
+        if self.gate_balance < 0:
+            raise ConfigError(f"TrainConfig.gate_balance must be >= 0, got {self.gate_balance}")
+        if not 0 <= self.gate_pretrain_smoothing < 1:
+            raise ConfigError(f"TrainConfig.gate_pretrain_smoothing must be in [0, 1), got {self.gate_pretrain_smoothing}")
 
     @property
     def effective_gate_lr(self) -> float:
         return self.lr if self.gate_lr is None else self.gate_lr
+
+    def method_lr(self, method: str) -> float:
+        """Prompt learning rate of `method` (baseline or mops)."""
+        return self.baseline_lr if method == "baseline" and self.baseline_lr is not None else self.lr
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -21,7 +21,8 @@ from mops.tuners.mops.model import MoPModel
 def pretrain_gate(
     model: MoPModel, prompts: Sequence[Encoded], cfg: TrainConfig, rt: Runtime, pad_id: int
 ) -> dict[str, float]:
-    """Cross-entropy between the gate's scores and expert = task id mod E; returns final CE and accuracy."""
+    """Cross-entropy (label-smoothed by `cfg.gate_pretrain_smoothing`) between the gate's scores and
+    expert = task id mod E; returns the final (unsmoothed) CE and accuracy."""
     feats, task_ids = gate_features(model, prompts, cfg.eval_batch_size, pad_id, rt.progress and rt.is_main)
     targets = task_ids % model.config.num_experts
     model.gate.requires_grad_(True)
@@ -31,7 +32,7 @@ def pretrain_gate(
     for step in range(cfg.gate_pretrain_steps):
         idx = torch.randint(0, len(feats), (cfg.gate_pretrain_batch_size,), generator=gen).to(feats.device)
         logits = model.gate.logits(feats[idx])
-        loss = F.cross_entropy(logits, targets[idx])
+        loss = F.cross_entropy(logits, targets[idx], label_smoothing=cfg.gate_pretrain_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -26,6 +26,7 @@ from mops.training.checkpoint import latest_checkpoint, load_checkpoint, save_ch
 from mops.training.config import TrainConfig
 from mops.training.logger import RunLogger
 from mops.training.sampler import shard, step_indices
+from mops.tuners.mops.gate import balance_loss
 from mops.tuners.mops.model import MoPModel
 from mops.tuners.mops.prefix_cache import mop_logits_fn
 
@@ -65,6 +66,22 @@ def target_tokens(enc: Encoded) -> int:
     return sum(label != IGNORE_INDEX for label in enc.labels[1:])
 
 
+def mop_param_groups(model: MoPModel, cfg: TrainConfig, method: str) -> list[dict]:
+    """Optimiser groups of the main stage: the expert prompts at the method's lr, the gate MLP at the gate lr.
+
+    A learned gate strength (one scalar) moves at the prompts' lr: at a low gate lr Adam would move it by at
+    most gate_lr per step, too slowly to ever matter.
+    """
+    lr = cfg.method_lr(method)
+    groups = [{"params": [model.expert_prompts], "lr": lr}]
+    if model.config.use_gate:
+        mlp = [p for n, p in model.gate.named_parameters() if p.requires_grad and n != "strength"]
+        groups.append({"params": mlp, "lr": cfg.effective_gate_lr})
+        if model.gate.strength.requires_grad:
+            groups.append({"params": [model.gate.strength], "lr": lr})
+    return groups
+
+
 def _diverged(stage: str, what: str, checkpoint_dir: Path | None) -> None:
     last = latest_checkpoint(checkpoint_dir) if checkpoint_dir else None
     raise TrainingError(
@@ -91,7 +108,9 @@ def train_steps(
     the prefix cache); the LM head runs only where the loss is.
     """
     logits_fn = logits_fn or mop_logits_fn(model)
+    torch.use_deterministic_algorithms(cfg.deterministic)
     params = [p for group in param_groups for p in group["params"]]
+    balance = cfg.gate_balance if model.stage == "mop" and model.config.use_gate else 0.0
     optimizer = torch.optim.AdamW(param_groups, weight_decay=0.0)
     start, losses = 0, []
     resume = latest_checkpoint(checkpoint_dir) if checkpoint_dir else None
@@ -101,8 +120,10 @@ def train_steps(
         start, losses = state["step"], state["losses"]
     device = rt.accelerator.device
     lengths = [len(e.input_ids) for e in data] if cfg.group_by_length else None
+    gate_mode = model.gate.training
     with progress_bar(steps, stage, enabled=rt.progress and rt.is_main) as advance:
         advance(start)
+        model.gate.train(model.stage == "mop")  # gate noise (if any) only while training
         for step in range(start, steps):
             t0 = time.perf_counter()
             indices = step_indices(len(data), cfg.batch_size, step, cfg.seed, lengths)
@@ -113,8 +134,10 @@ def train_steps(
                 positions = loss_positions(batch["labels"])
                 nll, _ = token_nll(logits_fn(batch, positions), batch["labels"], positions)
                 loss = nll.sum() / total
-                loss.backward()
                 local += loss.detach()
+                if balance:
+                    loss = loss + balance * balance_loss(model.last_gate_weights) * len(micro) / len(indices)
+                loss.backward()
             if rt.world > 1:
                 local = rt.accelerator.reduce(local, "sum")
                 for p in params:
@@ -138,5 +161,8 @@ def train_steps(
                 save_checkpoint(checkpoint_dir, step + 1, model.adapter_state(), optimizer,
                                 {"stage": stage, "losses": losses})
             if on_eval and cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < steps:
+                model.gate.eval()
                 on_eval(step + 1)
+                model.gate.train()
+    model.gate.train(gate_mode)
     return losses

@@ -7,7 +7,9 @@ MoPs start from the same stored shared state (same P^1, same initial experts) an
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,19 +19,49 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mops.data import DataSplits, Encoded, Tokenizer
+from mops.data.batching import collate
+from mops.errors import ConfigError
 from mops.data.selection import first_per_task
 from mops.evaluation.gating import gate_matrix, weights_by_task
 from mops.evaluation.perplexity import evaluate_perplexity
 from mops.reports.figures import gate_heatmap_figure, loss_curves, save_gate_heatmap
 from mops.reports.tables import markdown_table
+from mops.paths import atomic_folder, cache_dir
 from mops.training.config import TrainConfig
 from mops.training.gate_pretraining import pretrain_gate
-from mops.training.loop import Runtime, train_steps
+from mops.training.loop import Runtime, mop_param_groups, train_steps
 from mops.training.seeds import relative_gain
 from mops.tuners.mops.model import MoPModel
+from mops.tuners.peft_baselines import PEFT_METHODS, attach
 from mops.tuners.mops.prefix_cache import PrefixCache, mop_logits_fn, open_prefix_cache
 
-METHODS = ("baseline", "mops")
+PROMPT_METHODS = ("baseline", "mops")
+LORA_MOPS = "lora_mops"  # MoPs trained on top of the run's (frozen) LoRA adapter
+METHODS = (*PROMPT_METHODS, *PEFT_METHODS, LORA_MOPS)
+
+# Settings that cannot change a stage's outcome; every other MoPConfig/TrainConfig field is part of its key.
+_GATE_ONLY = {"gate_lr", "gate_balance", "gate_mode", "gate_strength", "learn_gate_strength", "gate_noise", "use_gate",
+              "gate_input"}
+_GATE_PRETRAIN = {"gate_pretrain_steps", "gate_pretrain_lr", "gate_pretrain_examples", "gate_pretrain_batch_size",
+                  "gate_pretrain_smoothing"}
+_NEVER = {"checkpoint_every"}
+_PEFT = {"lora_r", "lora_alpha", "lora_dropout", "peft_targets"}
+_IRRELEVANT = {
+    "recovery": _GATE_ONLY | _GATE_PRETRAIN | _NEVER | _PEFT | {"steps", "lr", "baseline_lr", "eval_every"},
+    "gate_pretrain": _GATE_ONLY | _NEVER | _PEFT | {"steps", "lr", "baseline_lr", "eval_every"},
+    "baseline": _GATE_ONLY | _GATE_PRETRAIN | _NEVER | _PEFT | {"lr", "baseline_lr"},
+    "mops": _NEVER | _PEFT | {"baseline_lr"},
+    "lora": _GATE_ONLY | _GATE_PRETRAIN | _NEVER | {"baseline_lr"},
+    "ia3": _GATE_ONLY | _GATE_PRETRAIN | _NEVER | {"baseline_lr", "lora_r", "lora_alpha", "lora_dropout"},
+    LORA_MOPS: _NEVER | {"baseline_lr"},
+}
+
+
+def _token_digest(encoded: Sequence[Encoded]) -> str:
+    digest = hashlib.sha256()
+    for enc in encoded:
+        digest.update(json.dumps([enc.input_ids, enc.labels, enc.task_id]).encode())
+    return digest.hexdigest()
 
 
 @dataclass
@@ -56,13 +88,30 @@ class Experiment:
         self.test_enc = tok.encode_all(test)
         self.pad_id = self.model.base.tokenizer.pad_token_id
         self.device = self.rt.accelerator.device
+        self.data_digest = _token_digest(self.train_enc) + _token_digest(self.test_enc)
+        self.peft = None  # the PeftModel wrapper while a LoRA / IA3 method trains
+
+    def stage_key(self, name: str) -> str:
+        """Digest of everything stage `name` depends on: base model, data tokens, and its settings.
+
+        Finished stages are stored under MOPS_HOME/stages/<name>/<key>, so any run with the same settings
+        (another experiment's baseline, a re-run of a grid) reuses them instead of training again.
+        """
+        settings = {**self.model.config.to_dict(), **self.train_cfg.to_dict()}
+        if name == "baseline":
+            settings["baseline_prompt_lr"] = self.train_cfg.method_lr("baseline")
+        settings = {k: v for k, v in settings.items() if k not in _IRRELEVANT[name]}
+        payload = {"stage": name, "base": self.model.base.identity, "base_path": str(self.model.base.path),
+                   "data": self.data_digest, "max_length": self.max_length, "template": self.template,
+                   "settings": settings}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
     def cache(self, split: str) -> PrefixCache | None:
         """The prefix cache of `split` (train/test) in the MoP stage when enabled, else None.
 
         The cache is keyed by P^1 among others, so opening it after recovery finds the right one.
         """
-        if not (self.train_cfg.cache_activations and self.model.stage == "mop"):
+        if not (self.train_cfg.cache_activations and self.model.stage == "mop") or self.peft is not None:
             return None
         encoded = self.train_enc if split == "train" else self.test_enc
         return open_prefix_cache(self.model, encoded, self.pad_id, self.train_cfg.cache_dtype)
@@ -71,6 +120,10 @@ class Experiment:
     def cached_stage(self, name: str, run: Callable[[], dict]) -> dict:
         """Run a stage once; afterwards load its stored adapter state and result instead."""
         folder = self.run_dir / "stages" / name
+        stored = cache_dir("stages") / name / self.stage_key(name)
+        if not (folder / "result.json").is_file() and (stored / "result.json").is_file() and self.rt.is_main:
+            shutil.copytree(stored, folder, dirs_exist_ok=True)  # the same stage of an earlier run
+        self.rt.accelerator.wait_for_everyone()
         if (folder / "result.json").is_file():
             self.model.load_adapter_state(load_file(str(folder / "adapter.safetensors"), device=str(self.device)))
             return json.loads((folder / "result.json").read_text())
@@ -80,6 +133,9 @@ class Experiment:
             folder.mkdir(parents=True, exist_ok=True)
             save_file(self.model.adapter_state(), str(folder / "adapter.safetensors"))
             (folder / "result.json").write_text(json.dumps(result, indent=2))
+            if not stored.is_dir():
+                with atomic_folder(stored, "result.json") as tmp:
+                    shutil.copytree(folder, tmp, dirs_exist_ok=True)
         self.rt.accelerator.wait_for_everyone()
         return result
 
@@ -96,12 +152,27 @@ class Experiment:
                     cfg.recovery_steps, cfg, self.rt, self.pad_id, self.run_dir / "checkpoints" / "recovery",
                 )
             self.model.set_stage("mop")
-            self.model.init_expert_prompts()
+            self.model.init_expert_prompts(self.expert_examples() if self.model.config.prompt_init == "task_examples" else None)
             return {"losses": losses}
 
         result = self.cached_stage("recovery", run)
         self.model.set_stage("mop")
         return result
+
+    def expert_examples(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """prompts_per_expert training examples per expert, taken round-robin from its tasks (task i -> i mod E)."""
+        cfg = self.model.config
+        groups = []
+        for expert in range(cfg.num_experts):
+            tasks = [t for t in range(len(self.splits.tasks)) if t % cfg.num_experts == expert]
+            if not tasks:
+                raise ConfigError(f"prompt_init='task_examples': expert {expert} has no task "
+                                  f"({len(self.splits.tasks)} tasks for {cfg.num_experts} experts)")
+            by_task = {t: [e for e in self.train_enc if e.task_id == t] for t in tasks}
+            chosen = [by_task[tasks[i % len(tasks)]][i // len(tasks)] for i in range(cfg.prompts_per_expert)]
+            batch = collate(chosen, self.pad_id)
+            groups.append((batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)))
+        return groups
 
     def gate_pretraining(self) -> dict:
         """Stage 2: the gate learns task -> expert on instructions only."""
@@ -115,13 +186,49 @@ class Experiment:
                                  if cfg.gate_pretrain_steps else {})
 
     def train(self, method: str) -> dict:
-        """Stage 3: experts (+ gate for MoPs) for `train_cfg.steps`; evaluates along the way and at the end."""
+        """Stage 3: experts (+ gate for MoPs), or a LoRA / IA3 adapter with the slots frozen at P^1, for
+        `train_cfg.steps`; evaluates along the way and at the end."""
+        if method in PEFT_METHODS or method == LORA_MOPS:
+            self.peft = attach(self.model.lm, "lora" if method == LORA_MOPS else method, self.train_cfg)
+            try:
+                if method == LORA_MOPS:
+                    self._load_frozen_lora()
+                return self._train(method)
+            finally:
+                if self.rt.is_main:  # lora_mops: the MoPs adapter is <method>/adapter, its LoRA beside it
+                    self.peft.save_pretrained(str(self.run_dir / method / ("lora_adapter" if method == LORA_MOPS
+                                                                           else "adapter")))
+                self.peft.unload()
+                self.peft = None
+        return self._train(method)
+
+    def _load_frozen_lora(self) -> None:
+        """MoPs on a LoRA-tuned model (paper Table 8): this run's finished LoRA stage, frozen."""
+        stage = self.run_dir / "stages" / "lora" / "adapter.safetensors"
+        if not stage.is_file():
+            raise ConfigError(f"method {LORA_MOPS} needs the LoRA stage first: put lora before it in --method")
+        state = load_file(str(stage), device=str(self.device))
+        params = dict(self.model.lm.named_parameters())
+        with torch.no_grad():
+            for key, value in state.items():
+                if key.startswith("lm."):
+                    params[key.removeprefix("lm.")].copy_(value)
+        self.model.lm.requires_grad_(False)
+        self.model.lm.eval()  # frozen: no LoRA dropout either
+
+    def _train(self, method: str) -> dict:
         cfg = self.train_cfg
-        self.model.config.use_gate = method == "mops"
+        self.model.config.use_gate = method in ("mops", LORA_MOPS)
         self.model.set_stage("mop")
-        groups = [{"params": [self.model.expert_prompts], "lr": cfg.lr}]
-        if self.model.config.use_gate:
-            groups.append({"params": list(self.model.gate.parameters()), "lr": cfg.effective_gate_lr})
+        if method in PEFT_METHODS:
+            self.model.expert_prompts.requires_grad_(False)
+            self.model.lm.eval()
+            for name, module in self.model.lm.named_modules():
+                if name.endswith("lora_dropout") or ".lora_dropout." in name:
+                    module.train()  # the adapter's own dropout, while training only
+            groups = [{"params": [p for p in self.model.lm.parameters() if p.requires_grad], "lr": cfg.lr}]
+        else:
+            groups = mop_param_groups(self.model, cfg, method)
         evals: list[dict] = []
 
         def run() -> dict:
@@ -134,13 +241,22 @@ class Experiment:
                     "trainable_parameters": self.model.trainable_parameters()}
 
         result = self.cached_stage(method, run)
-        if self.rt.is_main:
+        if self.rt.is_main and method in (*PROMPT_METHODS, LORA_MOPS):
             self.model.save_pretrained(self.run_dir / method / "adapter")
         return result
 
     # ---- evaluation -----------------------------------------------------------------------------------
     def evaluate(self, label: str, step: int) -> dict:
-        """Per-task test PPL, plus the (task x expert) gate matrix when the gate is on."""
+        """Per-task test PPL, plus the (task x expert) gate matrix when the gate is on (in eval mode: no dropout)."""
+        training = [m for m in self.model.lm.modules() if m.training]
+        self.model.lm.eval()
+        try:
+            return self._evaluate(label, step)
+        finally:
+            for module in training:
+                module.train()
+
+    def _evaluate(self, label: str, step: int) -> dict:
         report = evaluate_perplexity(
             mop_logits_fn(self.model, self.cache("test")), self.test_enc, self.splits.tasks, self.pad_id, self.train_cfg.eval_batch_size, self.device,
             progress=self.rt.progress and self.rt.is_main,

@@ -18,18 +18,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from mops import __version__
+from mops.data.tokenization import IGNORE_INDEX
 from mops.errors import ConfigError, ModelLoadError
 from mops.models.loading import BaseModel
 from mops.tuners.mops.attention import SlotState, gated_name
 from mops.tuners.mops.config import MoPConfig
-from mops.tuners.mops.gate import Gate, log_weights
+from mops.tuners.mops.gate import Gate
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -68,17 +69,20 @@ class MoPModel(nn.Module):
         self.lm = lm
         self.layers = decoder_layers(lm)
         hidden = lm.config.hidden_size
-        k = config.num_prompts
+        k = config.num_slots
         embeddings = lm.get_input_embeddings()
         dtype = embeddings.weight.dtype
         self.input_prompts = nn.Parameter(self._init_prompts("vocab", k, dtype), requires_grad=False)
-        self.expert_prompts = nn.Parameter(torch.zeros(k, hidden, dtype=dtype))
-        self.gate = Gate(hidden, config.gate_hidden_size, config.num_experts).to(lm.device)
-        self.gate.requires_grad_(config.use_gate)
+        self.expert_prompts = nn.Parameter(torch.zeros(config.num_prompts, hidden, dtype=dtype))
+        with torch.random.fork_rng(devices=[]):  # the gate's initial weights are a function of init_seed
+            torch.manual_seed(config.init_seed)
+            self.gate = Gate(hidden, config.gate_hidden_size, config.num_experts, config.gate_strength,
+                             config.learn_gate_strength, config.gate_noise).to(lm.device).eval()
+        self.gate.trainable_(config.use_gate)
         self.state = SlotState(k, config.injection_layer, hide_slots_below=config.num_input_prompts == 0)
         self.stage: Stage = "mop"
         self._gate_mask: torch.Tensor | None = None  # (B, K + T) positions averaged for the gate
-        self.last_gate_weights: torch.Tensor | None = None  # (B, E) of the last forward
+        self.last_gate_weights: torch.Tensor | None = None  # (B, E) of the last forward, with its graph
         self._skip_injection = False  # set during `forward_cached`: the experts are already in place
         self._original_attn = lm.config._attn_implementation
         lm.set_attn_implementation(gated_name(self._original_attn))
@@ -87,7 +91,8 @@ class MoPModel(nn.Module):
                 if hasattr(module, "layer_idx"):
                     module._mops_state = self.state
         self._hook = self.layers[config.injection_layer].register_forward_pre_hook(self._inject, with_kwargs=True)
-        self.init_expert_prompts()
+        if config.prompt_init != "task_examples":  # that one needs data: the training pipeline sets it
+            self.init_expert_prompts()
 
     def unload(self) -> nn.Module:
         """Detach from the base model (hook, attention state and implementation); returns the plain model."""
@@ -114,14 +119,33 @@ class MoPModel(nn.Module):
         return self.embed(torch.tensor(ids, device=weight.device).unsqueeze(0))[0].detach().clone().to(dtype)
 
     @torch.no_grad()
-    def init_expert_prompts(self) -> None:
-        """Set the expert prompts per `config.prompt_init` (call again after the input prompts changed)."""
+    def init_expert_prompts(self, examples: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None) -> None:
+        """Set the expert prompts per `config.prompt_init` (call again after the input prompts changed).
+
+        `examples` (prompt_init='task_examples'): one (input_ids (p, T), attention_mask (p, T)) pair per expert,
+        p = prompts_per_expert examples of that expert's task; each prompt becomes the mean hidden state of
+        one example's tokens entering the injection layer.
+        """
         k = self.config.num_prompts
         if self.config.prompt_init == "input_prompts":
             value = self.slot_states_at_injection()
+            value = value.repeat(k // value.shape[0], 1)  # merge routing: every expert starts as P^1's states
+        elif self.config.prompt_init == "task_examples":
+            if examples is None or len(examples) != self.config.num_experts:
+                raise ConfigError(f"prompt_init='task_examples' needs {self.config.num_experts} groups of examples")
+            value = torch.cat([self._mean_token_state(ids, mask) for ids, mask in examples]).to(self.expert_prompts.dtype)
+            if value.shape[0] != k:
+                raise ConfigError(f"prompt_init='task_examples' needs {self.config.prompts_per_expert} examples "
+                                  f"per expert, got {value.shape[0]} in all for {k} prompts")
         else:
             value = self._init_prompts(self.config.prompt_init, k, self.expert_prompts.dtype)
         self.expert_prompts.copy_(value)
+
+    def _mean_token_state(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, T) ids and mask -> (B, d) mean over real tokens of the hidden states entering the injection layer."""
+        states = self.prefix_states(input_ids, attention_mask)[0].float()
+        mask = attention_mask.to(states.dtype).unsqueeze(-1)
+        return (states * mask).sum(1) / mask.sum(1)
 
     @torch.no_grad()
     def slot_states_at_injection(self) -> torch.Tensor:
@@ -130,7 +154,7 @@ class MoPModel(nn.Module):
         The slots come first and attention is causal, so these do not depend on the example: starting the
         experts here makes the untrained MoP model (neutral gate) equal the frozen-input-prompt model.
         """
-        mask = torch.ones(1, self.config.num_prompts, dtype=torch.long, device=self.input_prompts.device)
+        mask = torch.ones(1, self.config.num_slots, dtype=torch.long, device=self.input_prompts.device)
         return self._states_entering_injection(self.input_prompts.unsqueeze(0), mask)[0]
 
     def _states_entering_injection(self, embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -163,7 +187,7 @@ class MoPModel(nn.Module):
         if self.stage != "mop" or self._skip_injection:
             return None
         hidden = args[0] if args else kwargs["hidden_states"]
-        k = self.config.num_prompts
+        k = self.config.num_slots
         if hidden.shape[1] <= k:  # a decode step with a KV cache: slots and gate are already in place
             return None
         hidden = self._apply_experts(hidden[:, k:], self._gate_mean(hidden))
@@ -179,55 +203,78 @@ class MoPModel(nn.Module):
 
     def _apply_experts(self, token_states: torch.Tensor, avg_emb: torch.Tensor) -> torch.Tensor:
         """Set the gate's attention bias from avg_emb (B, d); -> experts + token states (B, K+T, d)."""
-        if self.config.use_gate:
-            weights = self.gate(avg_emb)
-            self.last_gate_weights = weights.detach()
-            self.state.slot_bias = log_weights(weights, self.config.gate_mode).repeat_interleave(
-                self.config.prompts_per_expert, dim=-1
-            )
-        experts = self.expert_prompts.to(token_states.dtype).unsqueeze(0).expand(token_states.shape[0], -1, -1)
-        return torch.cat([experts, token_states], dim=1)
+        cfg = self.config
+        b = token_states.shape[0]
+        weights = self.gate(avg_emb) if cfg.use_gate else None
+        self.last_gate_weights = weights
+        if cfg.routing == "merge":  # each input's slots: sum_e w_e * expert e's prompts (the mean without a gate)
+            experts = self.expert_prompts.view(cfg.num_experts, cfg.prompts_per_expert, -1).float()
+            w = weights if weights is not None else experts.new_full((b, cfg.num_experts), 1 / cfg.num_experts)
+            slots = torch.einsum("be,epd->bpd", w, experts).to(token_states.dtype)
+        else:
+            if weights is not None:
+                self.state.slot_bias = self.gate.attention_bias(weights, cfg.gate_mode).repeat_interleave(
+                    cfg.prompts_per_expert, dim=-1
+                )
+            slots = self.expert_prompts.to(token_states.dtype).unsqueeze(0).expand(b, -1, -1)
+        return torch.cat([slots, token_states], dim=1)
 
     def _keep(self, positions: torch.Tensor | None, length: int, device) -> torch.Tensor:
         """Sequence indices (slots included) whose logits to compute: `positions` or every token position."""
-        k = self.config.num_prompts
+        k = self.config.num_slots
         return (torch.arange(length, device=device) if positions is None else positions) + k
 
-    def prepare_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Slots + token embeddings (B, K+T, d) and the full attention mask (B, K+T)."""
+    def gate_token_mask(self, attention_mask: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        """(B, T) tokens the gate averages: with gate_input='prompt' the prompt only (labels == -100 on real
+        tokens: the response, which generation does not have yet, is left out), else every real token."""
+        if self.config.gate_input == "prompt" and labels is not None:
+            return attention_mask * (labels == IGNORE_INDEX).to(attention_mask.dtype)
+        return attention_mask
+
+    def prepare_inputs(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, gate_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Slots + token embeddings (B, K+T, d) and the full attention mask (B, K+T).
+
+        `gate_mask` (B, T): the tokens the gate averages (default: `attention_mask`; see `gate_token_mask`).
+        """
         b = input_ids.shape[0]
-        k = self.config.num_prompts
+        k = self.config.num_slots
         slots = self.input_prompts.unsqueeze(0).expand(b, -1, -1)
         embeds = torch.cat([slots.to(self.lm.dtype), self.embed(input_ids)], dim=1)
         ones = torch.ones(b, k, dtype=attention_mask.dtype, device=attention_mask.device)
         full = torch.cat([ones, attention_mask], dim=1)
-        gate_mask = full.clone()
-        if self.config.num_input_prompts == 0:
-            gate_mask[:, :k] = 0  # no input prompts: the gate reads the real tokens only
-        self._gate_mask = gate_mask
+        # no input prompts: the gate reads the real tokens only
+        slots_read = ones if self.config.num_input_prompts else torch.zeros_like(ones)
+        self._gate_mask = torch.cat([slots_read, attention_mask if gate_mask is None else gate_mask], dim=1)
         self.state.slot_bias = None
         return embeds, full
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor | None = None
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor | None = None,
+        gate_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """(B, T) ids and mask -> logits (B, T, V) at the token positions, or (B, P, V) at `positions` (P,)."""
-        embeds, full = self.prepare_inputs(input_ids, attention_mask)
+        embeds, full = self.prepare_inputs(input_ids, attention_mask, gate_mask)
         keep = self._keep(positions, input_ids.shape[1], input_ids.device)
         return self.lm(inputs_embeds=embeds, attention_mask=full, use_cache=False, logits_to_keep=keep).logits
 
-    def prefix_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def prefix_states(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, gate_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Run only the layers below the injection layer.
 
         Returns the token hidden states entering it (B, T, d) and the gate input avg_emb (B, d).
         """
-        embeds, full = self.prepare_inputs(input_ids, attention_mask)
+        embeds, full = self.prepare_inputs(input_ids, attention_mask, gate_mask)
         hidden = self._states_entering_injection(embeds, full)
-        return hidden[:, self.config.num_prompts :], self._gate_mean(hidden)
+        return hidden[:, self.config.num_slots :], self._gate_mean(hidden)
 
-    def gate_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def gate_inputs(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, gate_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """(B, d) mean hidden state entering the injection layer; runs only the layers below it."""
-        return self.prefix_states(input_ids, attention_mask)[1]
+        return self.prefix_states(input_ids, attention_mask, gate_mask)[1]
 
     def forward_cached(
         self, token_states: torch.Tensor, attention_mask: torch.Tensor, avg_emb: torch.Tensor,
@@ -241,7 +288,7 @@ class MoPModel(nn.Module):
         decoder layers return their hidden states.
         """
         b, t = attention_mask.shape
-        ones = torch.ones(b, self.config.num_prompts, dtype=attention_mask.dtype, device=attention_mask.device)
+        ones = torch.ones(b, self.config.num_slots, dtype=attention_mask.dtype, device=attention_mask.device)
         self.state.slot_bias = None
         hidden = self._apply_experts(token_states.to(self.lm.dtype), avg_emb)
         keep = self._keep(positions, t, attention_mask.device)
@@ -272,7 +319,7 @@ class MoPModel(nn.Module):
         self.stage = stage
         self.input_prompts.requires_grad_(stage == "recovery")
         self.expert_prompts.requires_grad_(stage == "mop")
-        self.gate.requires_grad_(stage == "mop" and self.config.use_gate)
+        self.gate.trainable_(stage == "mop" and self.config.use_gate)
         self.state.injection_layer = self.config.injection_layer if stage == "mop" else self.lm.config.num_hidden_layers
         return [p for p in self.parameters() if p.requires_grad]
 
@@ -280,16 +327,28 @@ class MoPModel(nn.Module):
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
     def adapter_state(self) -> dict[str, torch.Tensor]:
-        """Everything the adapter owns (no base weights)."""
+        """Everything the adapter owns (no base weights), plus `lm.<name>` for any weights trained inside the
+        base model (a LoRA / IA3 adapter attached to it), so checkpoints and stages keep those too."""
         state = {"input_prompts": self.input_prompts, "expert_prompts": self.expert_prompts}
         state.update({f"gate.{k}": v for k, v in self.gate.state_dict().items()})
+        state.update({f"lm.{k}": v for k, v in self.lm.named_parameters() if v.requires_grad})
         return {k: v.detach().float().cpu().contiguous() for k, v in state.items()}
 
     @torch.no_grad()
     def load_adapter_state(self, state: dict[str, torch.Tensor]) -> None:
         self.input_prompts.copy_(state["input_prompts"])
         self.expert_prompts.copy_(state["expert_prompts"])
-        self.gate.load_state_dict({k.removeprefix("gate."): v for k, v in state.items() if k.startswith("gate.")})
+        inside = {k.removeprefix("lm."): v for k, v in state.items() if k.startswith("lm.")}
+        if inside:
+            missing = set(inside) - {k for k, _ in self.lm.named_parameters()}
+            if missing:
+                raise ModelLoadError(f"adapter weights for modules this model lacks: {sorted(missing)[:3]}")
+            params = dict(self.lm.named_parameters())
+            for k, v in inside.items():
+                params[k].copy_(v)
+        gate = {k.removeprefix("gate."): v for k, v in state.items() if k.startswith("gate.")}
+        gate.setdefault("strength", self.gate.strength.detach())  # adapters saved before the strength existed
+        self.gate.load_state_dict(gate)
 
     # ---- adapters on disk -----------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> Path:

@@ -47,7 +47,8 @@ def cache_key(model: MoPModel, encoded: Sequence[Encoded], store: str) -> str:
         below += list(model.layers[model.config.injection_layer - 1].parameters())
     header = {"v": VERSION, "base": model.base.identity, "path": model.base.path, "layer": model.config.injection_layer,
               "weights": [float(p.detach().double().sum()) for p in below],
-              "input_prompts": model.config.num_input_prompts, "store": store, "n": len(encoded)}
+              "input_prompts": model.config.num_input_prompts, "store": store, "n": len(encoded),
+              "gate_input": model.config.gate_input}
     digest.update(json.dumps(header, sort_keys=True).encode())
     digest.update(model.input_prompts.detach().float().cpu().numpy().tobytes())
     for enc in encoded:
@@ -84,7 +85,9 @@ class PrefixCache:
     def _compute(self, indices: Sequence[int]) -> None:
         b = collate([self.encoded[i] for i in indices], self.pad_id)
         device = self.model.expert_prompts.device
-        states, avg_emb = self.model.prefix_states(b["input_ids"].to(device), b["attention_mask"].to(device))
+        mask = b["attention_mask"].to(device)
+        gate_mask = self.model.gate_token_mask(mask, b["labels"].to(device))
+        states, avg_emb = self.model.prefix_states(b["input_ids"].to(device), mask, gate_mask)
         states = states.to(self.torch_dtype).cpu()
         for row, i in enumerate(indices):
             chunk = states[row, : self.lengths[i]]
@@ -159,7 +162,8 @@ def open_prefix_cache(
 def mop_logits_fn(model: MoPModel, cache: PrefixCache | None = None) -> LogitsFn:
     """The MoP model as a `LogitsFn`: from the prefix cache when given (batches carry ``index``), else full."""
     if cache is None:
-        return lambda b, positions: model(b["input_ids"], b["attention_mask"], positions)
+        return lambda b, positions: model(b["input_ids"], b["attention_mask"], positions,
+                                          model.gate_token_mask(b["attention_mask"], b.get("labels")))
 
     def cached(b: dict, positions: torch.Tensor) -> torch.Tensor:
         states, avg_emb = cache.states(b["index"], b["input_ids"].device)  # (B, T, d), (B, d)

@@ -1,0 +1,55 @@
+"""`mops reproduce`: one of the paper's experiments (or a grid file) as cached, resumable runs + reports."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from mops.cli.common import ModelOpt, console
+from mops.cli.train_cmd import parse_seeds
+from mops.errors import ConfigError
+
+
+def reproduce_command(
+    experiment: str = typer.Argument(..., help="table2, table4, table6, fig3, fig4, gating, or 'grid' with --grid."),
+    grid_file: Optional[Path] = typer.Option(None, "--grid", help="A TOML/YAML grid file (see the README)."),
+    size: str = typer.Option("quick", "--size", help="quick (CPU: minutes per cell) or full (GPU sizes)."),
+    model: str = ModelOpt,
+    seeds: Optional[str] = typer.Option(None, "--seeds", help="Seeds of every cell (default 0,1,2)."),
+    only: Optional[str] = typer.Option(None, "--only", help="Comma-separated cell names to run (the rest is skipped)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Results folder (default results/reproduce/<experiment>)."),
+    list_cells: bool = typer.Option(False, "--list", help="Print the cells and exit."),
+) -> None:
+    """Run a grid of paired runs (cached by settings: a re-run computes only what is missing; an interrupted
+    grid resumes) and write results.md, results.json (every number, settings, versions) and PNG figures."""
+    from mops.reproduce.experiments import builtin_grid
+    from mops.reproduce.grid import load_grid
+    from mops.reproduce.report import write_reports
+    from mops.reproduce.runner import run_grid
+
+    if experiment == "grid":
+        if grid_file is None:
+            raise ConfigError("mops reproduce grid needs --grid FILE")
+        grid = load_grid(grid_file)
+        if seeds:
+            for cell in grid.cells:
+                cell.seeds = parse_seeds(seeds)
+    else:
+        grid = builtin_grid(experiment, size, model, parse_seeds(seeds) if seeds else None)
+    if only:
+        wanted = [n.strip() for n in only.split(",") if n.strip()]
+        missing = sorted(set(wanted) - {c.name for c in grid.cells})
+        if missing:
+            raise ConfigError(f"--only: no cell named {missing}; cells: {[c.name for c in grid.cells]}")
+        grid.cells = [c for c in grid.cells if c.name in wanted]
+    if list_cells:
+        for cell in grid.cells:
+            console.print(f"{cell.name}: {cell.model} {cell.data} {cell.compress or 'uncompressed'} "
+                          f"{','.join(cell.methods)} seeds {cell.seeds} key {cell.key}", highlight=False)
+        return
+    out = output or Path("results/reproduce") / (grid_file.stem if experiment == "grid" else experiment)
+    run_grid(grid, out, progress=True, on_cell=write_reports)
+    console.print((out / "results.md").read_text(), highlight=False)
+    console.print(f"results: {out}/results.md, {out}/results.json, figures: {out}/*.png")

@@ -1,0 +1,69 @@
+"""The paper's experiments as grids, at two sizes: `quick` (2 CPU cores: minutes per cell) and `full` (a GPU).
+
+table2: centralised, Dolly and SNI, the 7 pruning settings, baseline vs MoPs. table4: uncompressed and
+75/85/90% pruned, prompt tuning vs MoPs vs LoRA vs IA3. table6: int8 and int8 + pruning, the same methods.
+table8: MoPs trained on top of the frozen LoRA-tuned model (method lora_mops) vs LoRA and MoPs alone.
+fig3: injection layer sweep. fig4: prompts-per-expert sweep. gating: gate heatmaps before / during / after
+training. (table3 and table5, federated, are `mops federate` runs: see the README.)
+"""
+
+from __future__ import annotations
+
+from mops.errors import ConfigError
+from mops.reproduce.grid import Cell, Grid
+
+PRUNING = {"90%": "sparsegpt:0.9", "85%": "sparsegpt:0.85", "75%": "sparsegpt:0.75", "7:8": "sparsegpt:7:8",
+           "3:4": "sparsegpt:3:4", "2:4": "sparsegpt:2:4", "4:8": "sparsegpt:4:8"}
+PEFT_ROWS = {"uncompressed": None, "75%": "sparsegpt:0.75", "85%": "sparsegpt:0.85", "90%": "sparsegpt:0.9"}
+INT8_ROWS = {"int8": "int8", "int8 + 75%": "sparsegpt:0.75+int8", "int8 + 85%": "sparsegpt:0.85+int8",
+             "int8 + 90%": "sparsegpt:0.9+int8"}
+SIZES = {
+    "quick": dict(max_length=128, train=dict(steps=40, batch_size=4, lr=1e-1, gate_lr=1e-4, recovery_steps=20,
+                                             recovery_lr=1e-2, gate_pretrain_steps=200, gate_pretrain_examples=280,
+                                             eval_limit_per_task=10, checkpoint_every=20)),
+    "full": dict(max_length=256, train=dict(steps=2000, batch_size=8, lr=1e-2, gate_lr=1e-4, recovery_steps=300,
+                                            recovery_lr=1e-2, gate_pretrain_steps=300, gate_pretrain_examples=1000,
+                                            checkpoint_every=200)),
+}
+EXPERIMENTS = ("table2", "table4", "table6", "table8", "fig3", "fig4", "gating")
+
+
+def builtin_grid(experiment: str, size: str = "quick", model: str = "smollm2-135m",
+                 seeds: list[int] | None = None) -> Grid:
+    """The grid of one of the paper's experiments, at `size` (quick or full), on `model`."""
+    if size not in SIZES:
+        raise ConfigError(f"size must be quick or full, got {size!r}")
+    base = {**SIZES[size], "model": model, "seeds": seeds or [0, 1, 2]}
+
+    def cell(name: str, **settings) -> Cell:
+        merged = {**base, **settings}
+        merged["train"] = {**base["train"], **settings.get("train", {})}
+        return Cell(name=name, **merged)
+
+    if experiment == "table2":
+        cells = [cell(f"{data} {row}", data=data, compress=spec) for data in ("dolly", "sni")
+                 for row, spec in PRUNING.items()]
+        return Grid("table", "Table 2: centralised, baseline vs MoPs (test PPL)", cells)
+    if experiment in ("table4", "table6"):
+        rows = PEFT_ROWS if experiment == "table4" else INT8_ROWS
+        methods = ["baseline", "mops", "lora", "ia3"]
+        cells = [cell(row, compress=spec, methods=methods) for row, spec in rows.items()]
+        title = "Table 4: prompt tuning, MoPs, LoRA, IA3" if experiment == "table4" else "Table 6: int8 + pruning"
+        return Grid("table", f"{title} (test PPL, Dolly)", cells)
+    if experiment == "table8":
+        cells = [cell("uncompressed", methods=["lora", "mops", "lora_mops"])]
+        return Grid("table", "Table 8: LoRA, MoPs, and MoPs on the frozen LoRA-tuned model (test PPL, Dolly)", cells)
+    if experiment == "fig3":
+        layers = (3, 10, 20) if size == "quick" else (1, 3, 5, 10, 15, 20, 25)
+        cells = [cell(f"layer {n}", compress="sparsegpt:0.75", mop={"injection_layer": n}) for n in layers]
+        return Grid("layers", "Fig. 3: injection layer (Dolly, SparseGPT 75%)", cells)
+    if experiment == "fig4":
+        counts = (14, 35, 70) if size == "quick" else (7, 14, 35, 70, 119)  # merge routing: = slots per input
+        cells = [cell(f"{n} prompts per expert", compress="sparsegpt:0.75", mop={"prompts_per_expert": n})
+                 for n in counts]
+        return Grid("prompts", "Fig. 4: prompts per expert (Dolly, SparseGPT 75%)", cells)
+    if experiment == "gating":
+        steps = base["train"]["steps"]
+        cells = [cell("dolly 75%", compress="sparsegpt:0.75", train={"eval_every": max(1, steps // 4)})]
+        return Grid("gating", "Fig. 5: gate weights per task and expert (Dolly, SparseGPT 75%)", cells)
+    raise ConfigError(f"unknown experiment {experiment!r}; known: {', '.join(EXPERIMENTS)} (or --grid FILE)")

@@ -1,0 +1,102 @@
+"""Reports of a grid: `results.md` (tables of mean +- std over seeds, MoPs' paired gain, trainable
+parameters) and PNG figures (sweeps, gate heatmaps). Written after every finished cell."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Sequence
+
+from mops.reports.figures import plt, save_gate_heatmap
+from mops.reports.tables import markdown_table
+from mops.training.seeds import relative_gain
+
+BASELINE = "baseline"
+
+
+def _mean_std(values: Sequence[float]) -> str:
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.2f} +- {std:.2f}"
+
+
+def ppl_values(record: dict, method: str) -> list[float]:
+    return [seed[method]["ppl"] for seed in record["per_seed"].values()]
+
+
+def gains(record: dict, method: str = "mops") -> list[float]:
+    """Per seed: (baseline - method) / baseline in %, paired on the same seed."""
+    return [relative_gain(seed[BASELINE]["ppl"], seed[method]["ppl"]) for seed in record["per_seed"].values()]
+
+
+def comparison_table(records: Sequence[dict]) -> str:
+    """Rows = cells; PPL per method (mean +- std over seeds); MoPs' paired gain over the baseline."""
+    methods = list(dict.fromkeys(m for r in records for m in r["settings"]["methods"]))
+    paired = BASELINE in methods and "mops" in methods
+    headers = ["setting", "seeds", *methods] + (["MoPs gain % (mean +- std)", "gain % per seed"] if paired else [])
+    rows = []
+    for r in records:
+        row: list[object] = [r["name"], len(r["per_seed"])]
+        row += [_mean_std(ppl_values(r, m)) if m in r["settings"]["methods"] else "" for m in methods]
+        if paired:
+            g = gains(r)
+            row += [f"{statistics.fmean(g):+.2f} +- {statistics.stdev(g) if len(g) > 1 else 0.0:.2f}",
+                    " ".join(f"{x:+.1f}" for x in g)]
+        rows.append(row)
+    first = next(iter(records[0]["per_seed"].values()))
+    params = ", ".join(f"{m} {first[m]['trainable_parameters']:,}" for m in methods
+                       if m in first and first[m].get("trainable_parameters"))
+    return markdown_table(headers, rows) + f"\nTrainable parameters: {params}.\n"
+
+
+def sweep_figure(records: Sequence[dict], x_label: str, xs: Sequence[float], title: str, path: Path) -> Path:
+    """Mean test PPL (error bars: std over seeds) per method against the swept setting."""
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for method in records[0]["settings"]["methods"]:
+        values = [ppl_values(r, method) for r in records]
+        means = [statistics.fmean(v) for v in values]
+        stds = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in values]
+        ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=method)
+    ax.set_xlabel(x_label)
+    ax.set_ylabel("test PPL (response tokens)")
+    ax.set_title(title, fontsize=10)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def gating_figures(record: dict, out: Path) -> list[Path]:
+    """Per seed: the task x expert gate after pretraining, at each evaluation during training, and at the end."""
+    paths = []
+    for seed, entry in record["per_seed"].items():
+        stages = []
+        if "gate_pretrained" in entry:
+            stages.append(("pretrained", entry["gate_pretrained"]))
+        stages += [(f"step {e['step']}", e["gate"]) for e in entry["mops"].get("gate_during", [])]
+        stages.append(("final", entry["mops"]["gate"]))
+        for label, matrix in stages:
+            name = f"gate_seed{seed}_{label.replace(' ', '')}.png"
+            paths.append(save_gate_heatmap(matrix, record["tasks"], f"{record['name']}, seed {seed}: {label}", out / name))
+    return paths
+
+
+def write_reports(grid, records: Sequence[dict], out: Path) -> Path:
+    """results.md (+ PNGs) for the grid's kind of experiment."""
+    text = [f"# {grid.title}\n", "Test perplexity on response tokens (lower is better), mean +- std over seeds; "
+            "gain = (baseline - MoPs) / baseline, paired per seed. Every number and setting: results.json.\n"]
+    text.append(comparison_table(records))
+    if grid.experiment in ("layers", "prompts"):
+        field = "injection_layer" if grid.experiment == "layers" else "prompts_per_expert"
+        xs = [r["resolved"]["mop"][field] for r in records]
+        label = "injection layer" if grid.experiment == "layers" else "prompts per expert (merge: slots per input)"
+        png = sweep_figure(records, label, xs, grid.title, out / f"{grid.experiment}.png")
+        text.append(f"\n![{grid.title}]({png.name})\n")
+    if grid.experiment == "gating":
+        for record in records:
+            for png in gating_figures(record, out):
+                text.append(f"\n![{png.stem}]({png.name})")
+        text.append("\n")
+    path = out / "results.md"
+    path.write_text("\n".join(text))
+    return path

@@ -1,0 +1,114 @@
+"""`mops reproduce`: grid files, built-in grids, cached cells, reports and figures (tiny model)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mops.errors import ConfigError
+from mops.reproduce.experiments import EXPERIMENTS, builtin_grid
+from mops.reproduce.grid import load_grid
+from tests.test_cli import run_cli
+
+TRAIN = ("{ steps = 3, batch_size = 2, recovery_steps = 2, gate_pretrain_steps = 10, gate_pretrain_examples = 14, "
+         "eval_limit_per_task = 2, checkpoint_every = 0, eval_every = 2 }")
+
+
+def grid_toml(model_dir, experiment: str, cells: str, methods: str = '["baseline", "mops"]') -> str:
+    return f"""
+experiment = "{experiment}"
+title = "tiny {experiment}"
+[base]
+model = "{model_dir}"
+data = "dolly"
+total = 70
+max_length = 48
+seeds = [0, 1]
+methods = {methods}
+train = {TRAIN}
+mop = {{ num_experts = 7, prompts_per_expert = 7, injection_layer = 2 }}
+{cells}
+"""
+
+
+def test_grid_files_are_validated(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('experiment = "table"\n[[cells]]\nname = "a"\nmop = { gate_strenght = 1 }\n')
+    with pytest.raises(ConfigError, match="unknown mop setting.*gate_strenght"):
+        load_grid(bad)
+    bad.write_text('experiment = "table"\n[[cells]]\nname = "a"\ncolour = "red"\n')
+    with pytest.raises(ConfigError, match=r"bad.toml: cells\[0\]: unknown key.*colour"):
+        load_grid(bad)
+    bad.write_text('experiment = "table"\n[[cells]\n')
+    with pytest.raises(ConfigError, match="bad.toml: not valid TOML"):
+        load_grid(bad)
+    yml = tmp_path / "g.yaml"
+    yml.write_text("experiment: layers\ncells:\n  - name: a\n    mop: {injection_layer: 3}\n  - name: b\n")
+    grid = load_grid(yml)
+    assert [c.name for c in grid.cells] == ["a", "b"] and grid.cells[0].mop == {"injection_layer": 3}
+    assert grid.cells[0].key != grid.cells[1].key
+    with pytest.raises(ConfigError, match="missing.toml does not exist"):
+        load_grid(tmp_path / "missing.toml")
+
+
+def test_builtin_grids_cover_the_paper():
+    table2 = builtin_grid("table2")
+    assert len(table2.cells) == 14 and {c.data for c in table2.cells} == {"dolly", "sni"}
+    assert {c.compress for c in table2.cells} >= {"sparsegpt:0.9", "sparsegpt:2:4", "sparsegpt:7:8"}
+    table4 = builtin_grid("table4", "full", model="gemma3-270m", seeds=[5])
+    assert [c.compress for c in table4.cells] == [None, "sparsegpt:0.75", "sparsegpt:0.85", "sparsegpt:0.9"]
+    assert all(c.methods == ["baseline", "mops", "lora", "ia3"] and c.model == "gemma3-270m" and c.seeds == [5]
+               for c in table4.cells)
+    assert table4.cells[0].train["steps"] > builtin_grid("table4").cells[0].train["steps"]
+    assert [c.mop["injection_layer"] for c in builtin_grid("fig3").cells] == [3, 10, 20]
+    gating = builtin_grid("gating").cells[0]
+    assert gating.train["eval_every"] == 10
+    assert set(EXPERIMENTS) == {"table2", "table4", "table6", "table8", "fig3", "fig4", "gating"}
+    assert builtin_grid("table8").cells[0].methods == ["lora", "mops", "lora_mops"]
+    with pytest.raises(ConfigError, match="unknown experiment"):
+        builtin_grid("table9")
+
+
+def test_grid_runs_caches_cells_and_writes_reports(tmp_path, tiny_model_dir):
+    grid = tmp_path / "peft.toml"
+    grid.write_text(grid_toml(tiny_model_dir, "table", '[[cells]]\nname = "layer 1"\nmop = { injection_layer = 1 }\n'
+                                                     '[[cells]]\nname = "layer 2"\n',
+                              methods='["baseline", "mops", "lora"]'))
+    out = tmp_path / "out"
+    run = run_cli("reproduce", "grid", "--grid", str(grid), "-o", str(out))
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert [c["name"] for c in results["cells"]] == ["layer 1", "layer 2"]
+    assert results["versions"]["torch"] and results["versions"]["peft"]
+    cell = results["cells"][0]
+    assert cell["resolved"]["mop"]["injection_layer"] == 1 and set(cell["per_seed"]) == {"0", "1"}
+    seed0 = cell["per_seed"]["0"]
+    gain = 100 * (seed0["baseline"]["ppl"] - seed0["mops"]["ppl"]) / seed0["baseline"]["ppl"]
+    text = (out / "results.md").read_text()
+    assert "| setting | seeds | baseline | mops | lora | MoPs gain % (mean +- std) | gain % per seed |" in text
+    assert f"{gain:+.1f}" in text and "Trainable parameters: baseline" in text and "lora" in text
+    assert len(seed0["mops"]["gate"]) == 7 and seed0["lora"]["trainable_parameters"] > 0
+    # a re-run reads every finished cell back; --only picks cells
+    again = run_cli("reproduce", "grid", "--grid", str(grid), "-o", str(out), "--only", "layer 2")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "recovery" not in again.stderr and json.loads((out / "results.json").read_text())["cells"][0] == \
+        results["cells"][1]
+    bad = run_cli("reproduce", "grid", "--grid", str(grid), "-o", str(out), "--only", "layer 9")
+    assert bad.returncode == 2 and "no cell named ['layer 9']" in bad.stderr
+
+
+def test_sweep_and_gating_reports_write_figures(tmp_path, tiny_model_dir):
+    grid = tmp_path / "layers.toml"
+    grid.write_text(grid_toml(tiny_model_dir, "layers", '[[cells]]\nname = "a"\nmop = { injection_layer = 1 }\n'
+                                                      '[[cells]]\nname = "b"\nmop = { injection_layer = 3 }\n'))
+    out = tmp_path / "layers"
+    assert run_cli("reproduce", "grid", "--grid", str(grid), "-o", str(out), "--seeds", "0").returncode == 0
+    assert (out / "layers.png").stat().st_size > 5000 and "![tiny layers](layers.png)" in (out / "results.md").read_text()
+    gating = tmp_path / "gating.toml"
+    gating.write_text(grid_toml(tiny_model_dir, "gating", '[[cells]]\nname = "g"\n'))
+    out = tmp_path / "gating"
+    run = run_cli("reproduce", "grid", "--grid", str(gating), "-o", str(out), "--seeds", "0")
+    assert run.returncode == 0, run.stderr[-3000:]
+    names = sorted(p.name for p in out.glob("gate_*.png"))
+    assert names == ["gate_seed0_final.png", "gate_seed0_pretrained.png", "gate_seed0_step2.png"]
