@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -13,16 +12,12 @@ from typing import Sequence
 
 from mops.evaluation.gating import routing_stats
 from mops.reports.tables import markdown_table
-from mops.training.seeds import relative_gain
+from mops.training.seeds import mean_std, relative_gain
 
 
 def _ppl(results: dict, method: str, task: str = "overall") -> float:
     report = results[method]["final"]["ppl"]
     return report["overall"]["ppl"] if task == "overall" else report["per_task"][task]["ppl"]
-
-
-def _mean_std(values: Sequence[float]) -> dict[str, float]:
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
 
 
 def experiment_record(name: str, note: str, settings: dict, per_seed: dict[int, dict], run_dir: Path) -> dict:
@@ -56,7 +51,7 @@ def append_record(log_dir: Path, record: dict) -> None:
 def _fmt(values: Sequence[float] | None, digits: int = 2) -> str:
     if not values:
         return ""
-    s = _mean_std(values)
+    s = mean_std(values)
     return f"{s['mean']:.{digits}f} +- {s['std']:.{digits}f}"
 
 

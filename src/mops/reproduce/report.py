@@ -3,20 +3,19 @@ parameters) and PNG figures (sweeps, gate heatmaps). Written after every finishe
 
 from __future__ import annotations
 
-import statistics
 from pathlib import Path
 from typing import Sequence
 
 from mops.reports.figures import plt, save_gate_heatmap
 from mops.reports.tables import markdown_table
-from mops.training.seeds import relative_gain
+from mops.training.seeds import mean_std, relative_gain
 
 BASELINE = "baseline"
 
 
-def _mean_std(values: Sequence[float]) -> str:
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.2f} +- {std:.2f}"
+def _mean_std(values: Sequence[float], sign: str = "") -> str:
+    s = mean_std(values)
+    return f"{s['mean']:{sign}.2f} +- {s['std']:.2f}"
 
 
 def ppl_values(record: dict, method: str) -> list[float]:
@@ -39,7 +38,7 @@ def comparison_table(records: Sequence[dict]) -> str:
         row += [_mean_std(ppl_values(r, m)) if m in r["settings"]["methods"] else "" for m in methods]
         if paired:
             g = gains(r)
-            row += [f"{statistics.fmean(g):+.2f} +- {statistics.stdev(g) if len(g) > 1 else 0.0:.2f}",
+            row += [_mean_std(g, "+"),
                     " ".join(f"{x:+.1f}" for x in g)]
         rows.append(row)
     first = next(iter(records[0]["per_seed"].values()))
@@ -53,8 +52,8 @@ def sweep_figure(records: Sequence[dict], x_label: str, xs: Sequence[float], tit
     fig, ax = plt.subplots(figsize=(6, 3.8))
     for method in records[0]["settings"]["methods"]:
         values = [ppl_values(r, method) for r in records]
-        means = [statistics.fmean(v) for v in values]
-        stds = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in values]
+        means = [mean_std(v)["mean"] for v in values]
+        stds = [mean_std(v)["std"] for v in values]
         ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=method)
     ax.set_xlabel(x_label)
     ax.set_ylabel("test PPL (response tokens)")

@@ -14,7 +14,8 @@ def relative_gain(baseline: float, mops: float) -> float:
     return 100.0 * (baseline - mops) / baseline
 
 
-def _stats(values: Sequence[float]) -> dict[str, float]:
+def mean_std(values: Sequence[float]) -> dict[str, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
     return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
 
 
@@ -33,8 +34,8 @@ def summarize_seeds(per_seed: dict[int, dict], tasks: Sequence[str]) -> dict:
             rows[task].append(relative_gain(*pair))
     return {
         "seeds": list(per_seed),
-        "gain_percent": {t: {"per_seed": v, **_stats(v)} for t, v in rows.items()},
-        "ppl": {m: {t: _stats(v) for t, v in by_task.items()} for m, by_task in ppl.items()},
+        "gain_percent": {t: {"per_seed": v, **mean_std(v)} for t, v in rows.items()},
+        "ppl": {m: {t: mean_std(v) for t, v in by_task.items()} for m, by_task in ppl.items()},
     }
 
 
