@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from mops.errors import ConfigError
 from mops.reproduce.experiments import EXPERIMENTS, builtin_grid
-from mops.reproduce.grid import load_grid
+from mops.reproduce.grid import Cell, load_grid
+from tests.conftest import save_tiny_model
 from tests.test_cli import run_cli
 
 TRAIN = ("{ steps = 3, batch_size = 2, recovery_steps = 2, gate_pretrain_steps = 10, gate_pretrain_examples = 14, "
@@ -64,7 +66,7 @@ def test_builtin_grids_cover_the_paper():
     assert [c.mop["injection_layer"] for c in builtin_grid("fig3").cells] == [3, 10, 20]
     gating = builtin_grid("gating").cells[0]
     assert gating.train["eval_every"] == 10
-    assert set(EXPERIMENTS) == {"table2", "table4", "table6", "table8", "fig3", "fig4", "gating"}
+    assert set(EXPERIMENTS) == {"table2", "table3", "table4", "table5", "table6", "table8", "fig3", "fig4", "gating"}
     assert builtin_grid("table8").cells[0].methods == ["lora", "mops", "lora_mops"]
     with pytest.raises(ConfigError, match="unknown experiment"):
         builtin_grid("table9")
@@ -86,7 +88,7 @@ def test_grid_runs_caches_cells_and_writes_reports(tmp_path, tiny_model_dir):
     seed0 = cell["per_seed"]["0"]
     gain = 100 * (seed0["baseline"]["ppl"] - seed0["mops"]["ppl"]) / seed0["baseline"]["ppl"]
     text = (out / "results.md").read_text()
-    assert "| setting | seeds | baseline | mops | lora | MoPs gain % (mean +- std) | gain % per seed |" in text
+    assert "| setting | seeds | baseline | mops | lora | mops vs baseline: gain % (mean +- std) | per seed |" in text
     assert f"{gain:+.1f}" in text and "Trainable parameters: baseline" in text and "lora" in text
     assert len(seed0["mops"]["gate"]) == 7 and seed0["lora"]["trainable_parameters"] > 0
     # a re-run reads every finished cell back; --only picks cells
@@ -112,3 +114,84 @@ def test_sweep_and_gating_reports_write_figures(tmp_path, tiny_model_dir):
     assert run.returncode == 0, run.stderr[-3000:]
     names = sorted(p.name for p in out.glob("gate_*.png"))
     assert names == ["gate_seed0_final.png", "gate_seed0_pretrained.png", "gate_seed0_step2.png"]
+
+
+def test_federated_grids_are_validated():
+    table3 = builtin_grid("table3")
+    assert len(table3.cells) == 14 and all(c.methods == ["fedprompt", "mops"] for c in table3.cells)
+    assert all(c.federated["num_clients"] == 10 and c.federated["rounds"] >= 1 for c in table3.cells)
+    full = builtin_grid("table3", "full").cells[0].federated
+    assert (full["num_clients"], full["clients_per_round"], full["local_steps"]) == (100, 10, 250)  # the paper's
+    table5 = builtin_grid("table5", "full")
+    assert [c.federated["num_clients"] for c in table5.cells] == [10] * 4
+    assert {c.compress for c in table5.cells} == {"int8", "sparsegpt:0.75+int8", "sparsegpt:0.85+int8",
+                                                  "sparsegpt:0.9+int8"}
+    cfg = table3.cells[0].federated_config("mops", 2, Path("x"))
+    assert cfg.seed == 2 and cfg.data == "dolly" and cfg.compress == "sparsegpt:0.9" and cfg.method == "mops"
+    with pytest.raises(ConfigError, match="unknown federated setting.*num_clientz"):
+        Cell(name="a", methods=["mops"], federated={"num_clientz": 3})
+    with pytest.raises(ConfigError, match="federated methods are mops, fedprompt, got \\['lora'\\]"):
+        Cell(name="a", methods=["lora"], federated={})
+    with pytest.raises(ConfigError, match="takes its settings in `federated`"):
+        Cell(name="a", methods=["mops"], federated={}, train={"steps": 3})
+    with pytest.raises(ConfigError, match="cell 'a': federated: clients_per_round \\(5\\) > num_clients \\(3\\)"):
+        Cell(name="a", methods=["mops"], federated={"num_clients": 3, "clients_per_round": 5})
+    # a federated cell's key differs from the centralised cell of the same settings; centralised keys are stable
+    assert Cell(name="a", federated={}, methods=["mops"]).key != Cell(name="a", methods=["mops"]).key
+
+
+def test_federated_grid_runs_on_flower_and_reads_back(tmp_path, tiny_model_dir):
+    grid = tmp_path / "fed.yaml"
+    grid.write_text(f"""
+experiment: table
+title: tiny federated
+base:
+  model: "{tiny_model_dir}"
+  total: 70
+  max_length: 48
+  seeds: [0]
+  methods: [fedprompt, mops]
+  federated: {{num_clients: 3, clients_per_round: 2, rounds: 2, local_steps: 2, batch_size: 2, prompts_per_expert: 1,
+               injection_layer: 2, recovery_steps: 2, gate_pretrain_steps: 10, gate_pretrain_examples: 14,
+               eval_limit_per_task: 2}}
+cells:
+  - name: fed
+""")
+    out = tmp_path / "out"
+    run = run_cli("reproduce", "grid", "--grid", str(grid), "-o", str(out))
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["versions"]["flwr"]
+    seed0 = results["cells"][0]["per_seed"]["0"]
+    fed, mops = seed0["fedprompt"], seed0["mops"]
+    assert 0 < fed["trainable_parameters"] < mops["trainable_parameters"]  # MoPs also trains the gate
+    assert [e["step"] for e in mops["gate_during"]] == [1, 2] and len(mops["gate"]) == 7
+    gain = 100 * (fed["ppl"] - mops["ppl"]) / fed["ppl"]
+    text = (out / "results.md").read_text()
+    assert "| setting | seeds | fedprompt | mops | mops vs fedprompt: gain % (mean +- std) | per seed |" in text
+    assert f"{gain:+.1f}" in text
+    cell_dir = out / "cells" / results["cells"][0]["key"]
+    assert (cell_dir / "seed-0" / "mops" / "rounds" / "round-2" / "round.json").is_file()
+    stamps = {m: (cell_dir / "seed-0" / m / "results.json").stat().st_mtime_ns for m in ("fedprompt", "mops")}
+    (cell_dir / "cell.json").unlink()  # the runs themselves are read back, not run again
+    again = run_cli("reproduce", "grid", "--grid", str(grid), "-o", str(out))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert {m: (cell_dir / "seed-0" / m / "results.json").stat().st_mtime_ns for m in stamps} == stamps
+    assert json.loads((out / "results.json").read_text())["cells"] == results["cells"]
+
+
+def test_second_family_runs_every_centralised_method(tmp_path, tiny_tokenizer):
+    """Gemma 3 (sliding-window + full attention layers) through the grid runner: prompt tuning, MoPs, LoRA, IA3
+    and MoPs on the frozen LoRA model, paired on one seed."""
+    model_dir = save_tiny_model(tmp_path / "tiny-gemma3", tiny_tokenizer, "gemma3")
+    grid = tmp_path / "gemma.toml"
+    grid.write_text(grid_toml(model_dir, "table", '[[cells]]\nname = "gemma"\n',
+                              methods='["baseline", "mops", "lora", "ia3", "lora_mops"]'))
+    out = tmp_path / "out"
+    run = run_cli("reproduce", "grid", "--grid", str(grid), "-o", str(out), "--seeds", "0")
+    assert run.returncode == 0, run.stderr[-3000:]
+    seed0 = json.loads((out / "results.json").read_text())["cells"][0]["per_seed"]["0"]
+    ppl = {m: seed0[m]["ppl"] for m in ("baseline", "mops", "lora", "ia3", "lora_mops")}
+    assert all(1 < v < 1e6 for v in ppl.values()) and len(set(ppl.values())) == 5, ppl
+    assert seed0["lora_mops"]["trainable_parameters"] == seed0["mops"]["trainable_parameters"]
+    assert "lora_mops vs lora: gain % (mean +- std)" in (out / "results.md").read_text()

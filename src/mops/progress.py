@@ -5,6 +5,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 
@@ -26,3 +27,6 @@ def progress_bar(total: int, description: str, enabled: bool = True) -> Iterator
             bar.update(task, advance=n, info=info)
 
         yield advance
+
+
+console = Console(stderr=True)  # where progress, tables and warnings go (stdout stays clean for --json)

@@ -8,9 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
-
-console = Console(stderr=True)
+from mops.progress import console  # re-exported: every command prints through it
 
 ModelOpt = typer.Option("smollm2-135m", "--model", "-m", help="Short name (smollm2-135m, gemma3-270m), model folder, .gguf file or hub id.")
 DataOpt = typer.Option("dolly", "--data", "-d", help="dolly / sni (bundled), a .jsonl/.json file or folder, or a HF dataset id.")

@@ -13,7 +13,7 @@ from mops.errors import ConfigError
 
 
 def reproduce_command(
-    experiment: str = typer.Argument(..., help="table2, table4, table6, fig3, fig4, gating, or 'grid' with --grid."),
+    experiment: str = typer.Argument(..., help="table2, table3, table4, table5, table6, table8, fig3, fig4, gating, or 'grid' with --grid."),
     grid_file: Optional[Path] = typer.Option(None, "--grid", help="A TOML/YAML grid file (see the README)."),
     size: str = typer.Option("quick", "--size", help="quick (CPU: minutes per cell) or full (GPU sizes)."),
     model: str = ModelOpt,

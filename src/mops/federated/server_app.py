@@ -138,6 +138,6 @@ def main(grid: Grid, context: Context) -> None:
     model.load_adapter_state(load_file(str(rounds_dir / f"round-{cfg.rounds}" / "adapter.safetensors")))
     model.save_pretrained(out / "adapter")
     results[cfg.method] = {"final": rounds[-1]["eval"], "losses": [r["client_loss"] for r in rounds],
-                           "rounds": rounds}
+                           "rounds": rounds, "trainable_parameters": sum(v.numel() for v in reference.values())}
     (out / "results.json").write_text(json.dumps(results, indent=2))
     rt.logger.close()

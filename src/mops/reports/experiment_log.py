@@ -12,12 +12,11 @@ from typing import Sequence
 
 from mops.evaluation.gating import routing_stats
 from mops.reports.tables import markdown_table
-from mops.training.seeds import mean_std, relative_gain
+from mops.training.seeds import mean_std, relative_gain, task_ppl
 
 
 def _ppl(results: dict, method: str, task: str = "overall") -> float:
-    report = results[method]["final"]["ppl"]
-    return report["overall"]["ppl"] if task == "overall" else report["per_task"][task]["ppl"]
+    return task_ppl(results[method]["final"], task)
 
 
 def experiment_record(name: str, note: str, settings: dict, per_seed: dict[int, dict], run_dir: Path) -> dict:

@@ -4,7 +4,8 @@ table2: centralised, Dolly and SNI, the 7 pruning settings, baseline vs MoPs. ta
 75/85/90% pruned, prompt tuning vs MoPs vs LoRA vs IA3. table6: int8 and int8 + pruning, the same methods.
 table8: MoPs trained on top of the frozen LoRA-tuned model (method lora_mops) vs LoRA and MoPs alone.
 fig3: injection layer sweep. fig4: prompts-per-expert sweep. gating: gate heatmaps before / during / after
-training. (table3 and table5, federated, are `mops federate` runs: see the README.)
+training. table3: federated (Flower), Dolly and SNI, the 7 pruning settings, FedPrompt vs MoPs. table5: federated,
+int8 and int8 + pruning, FedPrompt vs MoPs.
 """
 
 from __future__ import annotations
@@ -20,12 +21,19 @@ INT8_ROWS = {"int8": "int8", "int8 + 75%": "sparsegpt:0.75+int8", "int8 + 85%": 
 SIZES = {
     "quick": dict(max_length=128, train=dict(steps=40, batch_size=4, lr=1e-1, gate_lr=1e-4, recovery_steps=20,
                                              recovery_lr=1e-2, gate_pretrain_steps=200, gate_pretrain_examples=280,
-                                             eval_limit_per_task=10, checkpoint_every=20)),
+                                             eval_limit_per_task=10, checkpoint_every=20),
+                  federated=dict(num_clients=10, clients_per_round=2, rounds=3, local_steps=10, batch_size=4, lr=1e-1,
+                                 gate_lr=1e-4, recovery_steps=20, gate_pretrain_steps=200, gate_pretrain_examples=280,
+                                 eval_limit_per_task=10)),
     "full": dict(max_length=256, train=dict(steps=2000, batch_size=8, lr=1e-2, gate_lr=1e-4, recovery_steps=300,
                                             recovery_lr=1e-2, gate_pretrain_steps=300, gate_pretrain_examples=1000,
-                                            checkpoint_every=200)),
+                                            checkpoint_every=200),
+                 # the paper's federation: 100 clients, 10 per round, 250 local steps at batch 1
+                 federated=dict(num_clients=100, clients_per_round=10, rounds=20, local_steps=250, batch_size=1,
+                                lr=1e-2, gate_lr=1e-4, recovery_steps=300, gate_pretrain_steps=300,
+                                gate_pretrain_examples=1000, eval_limit_per_task=0)),
 }
-EXPERIMENTS = ("table2", "table4", "table6", "table8", "fig3", "fig4", "gating")
+EXPERIMENTS = ("table2", "table3", "table4", "table5", "table6", "table8", "fig3", "fig4", "gating")
 
 
 def builtin_grid(experiment: str, size: str = "quick", model: str = "smollm2-135m",
@@ -33,17 +41,32 @@ def builtin_grid(experiment: str, size: str = "quick", model: str = "smollm2-135
     """The grid of one of the paper's experiments, at `size` (quick or full), on `model`."""
     if size not in SIZES:
         raise ConfigError(f"size must be quick or full, got {size!r}")
-    base = {**SIZES[size], "model": model, "seeds": seeds or [0, 1, 2]}
+    sized = dict(SIZES[size])
+    federation = sized.pop("federated")
+    base = {**sized, "model": model, "seeds": seeds or [0, 1, 2]}
 
     def cell(name: str, **settings) -> Cell:
         merged = {**base, **settings}
         merged["train"] = {**base["train"], **settings.get("train", {})}
         return Cell(name=name, **merged)
 
+    def federated_cell(name: str, **settings) -> Cell:
+        return Cell(name=name, **{**base, "train": {}, "methods": ["fedprompt", "mops"]},
+                    federated={**federation, **settings.pop("federated", {})}, **settings)
+
     if experiment == "table2":
         cells = [cell(f"{data} {row}", data=data, compress=spec) for data in ("dolly", "sni")
                  for row, spec in PRUNING.items()]
         return Grid("table", "Table 2: centralised, baseline vs MoPs (test PPL)", cells)
+    if experiment == "table3":
+        cells = [federated_cell(f"{data} {row}", data=data, compress=spec) for data in ("dolly", "sni")
+                 for row, spec in PRUNING.items()]
+        return Grid("table", "Table 3: federated on Flower, FedPrompt vs MoPs (test PPL)", cells)
+    if experiment == "table5":  # the paper's Table 5 federates 10 clients at every size
+        clients = {"num_clients": 10, "clients_per_round": min(10, federation["clients_per_round"])}
+        cells = [federated_cell(row, compress=spec, federated=clients)
+                 for row, spec in INT8_ROWS.items()]
+        return Grid("table", "Table 5: federated, int8 + pruning, FedPrompt vs MoPs (test PPL, Dolly)", cells)
     if experiment in ("table4", "table6"):
         rows = PEFT_ROWS if experiment == "table4" else INT8_ROWS
         methods = ["baseline", "mops", "lora", "ia3"]

@@ -1,4 +1,5 @@
-"""A grid: named cells, each one `mops train` run (methods x seeds on one model, data and compression).
+"""A grid: named cells, each one `mops train` run (methods x seeds on one model, data and compression), or,
+with a `federated` section, one `mops federate` run per method and seed (FedPrompt vs MoPs on Flower).
 
 Grids come from the built-in experiments (`experiments.py`) or from a TOML / YAML file:
 
@@ -10,6 +11,8 @@ Grids come from the built-in experiments (`experiments.py`) or from a TOML / YAM
     seeds = [0, 1, 2]
     train = { steps = 40, batch_size = 4, lr = 1e-2 }
     mop = { injection_layer = 10 }
+    # federated = { num_clients = 10, clients_per_round = 2, rounds = 3, local_steps = 10 }
+    #   (a federated cell: methods fedprompt and/or mops; any FederatedConfig field; no mop/train sections)
     [[cells]]                        # one table row / plot point each; any base key may be overridden
     name = "75%"
     compress = "sparsegpt:0.75"
@@ -29,9 +32,11 @@ from pathlib import Path
 import yaml
 
 from mops.errors import ConfigError
+from mops.federated.config import FED_METHODS, FederatedConfig
 from mops.training.overrides import known_fields
 
 REPORTS = ("table", "layers", "prompts", "gating")
+CELL_OWNED = {"output", "method", "model", "compress", "data", "total", "max_length", "seed"}  # set per cell/seed
 
 
 @dataclass
@@ -49,19 +54,47 @@ class Cell:
     template: str = "plain"
     mop: dict = field(default_factory=dict)
     train: dict = field(default_factory=dict)
+    federated: dict | None = None  # FederatedConfig fields: a federated cell (None: centralised)
 
     def __post_init__(self) -> None:
+        if not self.seeds or not self.methods:
+            raise ConfigError(f"cell {self.name!r}: needs at least one seed and one method")
+        if self.federated is not None:
+            self._check_federated()
+            return
         mop_fields, train_fields = known_fields()
         for section, known in (("mop", mop_fields), ("train", train_fields)):
             unknown = sorted(set(getattr(self, section)) - known)
             if unknown:
                 raise ConfigError(f"cell {self.name!r}: unknown {section} setting(s) {unknown}; known: {sorted(known)}")
-        if not self.seeds or not self.methods:
-            raise ConfigError(f"cell {self.name!r}: needs at least one seed and one method")
+
+    def _check_federated(self) -> None:
+        known = {f.name for f in fields(FederatedConfig)} - CELL_OWNED
+        unknown = sorted(set(self.federated) - known)
+        if unknown:
+            raise ConfigError(f"cell {self.name!r}: unknown federated setting(s) {unknown}; known: {sorted(known)}")
+        bad = [m for m in self.methods if m not in FED_METHODS]
+        if bad:
+            raise ConfigError(f"cell {self.name!r}: federated methods are {', '.join(FED_METHODS)}, got {bad}")
+        if self.mop or self.train:
+            raise ConfigError(f"cell {self.name!r}: a federated cell takes its settings in `federated`, not mop/train")
+        for seed in self.seeds:  # every setting is validated before anything runs
+            self.federated_config(self.methods[0], seed, Path("."))
+
+    def federated_config(self, method: str, seed: int, output: Path) -> FederatedConfig:
+        """The `mops federate` settings of one method and seed of this (federated) cell."""
+        try:
+            return FederatedConfig(output=str(output), method=method, model=self.model, compress=self.compress or "",
+                                   data=self.data, total=self.total, max_length=self.max_length, seed=seed,
+                                   **self.federated)
+        except (ConfigError, TypeError, ValueError) as err:
+            raise ConfigError(f"cell {self.name!r}: federated: {err}") from None
 
     @property
     def key(self) -> str:
         settings = {k: v for k, v in asdict(self).items() if k != "name"}
+        if self.federated is None:
+            del settings["federated"]  # keeps the keys of centralised cells from before federated cells
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -88,8 +121,9 @@ def grid_from_dict(data: dict, source: str) -> Grid:
     cells = []
     for i, raw in enumerate(data.get("cells", [])):
         merged = {**base, **raw}
-        for section in ("mop", "train"):
-            merged[section] = {**base.get(section, {}), **raw.get(section, {})}
+        for section in ("mop", "train", "federated"):
+            if section in base or section in raw:
+                merged[section] = {**base.get(section, {}), **raw.get(section, {})}
         unknown = sorted(set(merged) - allowed)
         if unknown:
             raise ConfigError(f"{source}: cells[{i}]: unknown key(s) {unknown}; known: {sorted(allowed)}")

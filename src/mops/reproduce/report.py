@@ -10,7 +10,9 @@ from mops.reports.figures import plt, save_gate_heatmap
 from mops.reports.tables import markdown_table
 from mops.training.seeds import mean_std, relative_gain
 
-BASELINE = "baseline"
+# (reference, method) pairs whose paired gain a table shows: MoPs over prompt tuning (centralised) or FedPrompt
+# (federated), and MoPs on the frozen LoRA model over LoRA alone (Table 8).
+PAIRS = (("baseline", "mops"), ("fedprompt", "mops"), ("lora", "lora_mops"))
 
 
 def _mean_std(values: Sequence[float], sign: str = "") -> str:
@@ -22,24 +24,26 @@ def ppl_values(record: dict, method: str) -> list[float]:
     return [seed[method]["ppl"] for seed in record["per_seed"].values()]
 
 
-def gains(record: dict, method: str = "mops") -> list[float]:
-    """Per seed: (baseline - method) / baseline in %, paired on the same seed."""
-    return [relative_gain(seed[BASELINE]["ppl"], seed[method]["ppl"]) for seed in record["per_seed"].values()]
+def gains(record: dict, reference: str, method: str) -> list[float]:
+    """Per seed: (reference - method) / reference in %, paired on the same seed."""
+    return [relative_gain(seed[reference]["ppl"], seed[method]["ppl"]) for seed in record["per_seed"].values()]
 
 
 def comparison_table(records: Sequence[dict]) -> str:
-    """Rows = cells; PPL per method (mean +- std over seeds); MoPs' paired gain over the baseline."""
+    """Rows = cells; PPL per method (mean +- std over seeds); the paired gains of `PAIRS` the cells ran."""
     methods = list(dict.fromkeys(m for r in records for m in r["settings"]["methods"]))
-    paired = BASELINE in methods and "mops" in methods
-    headers = ["setting", "seeds", *methods] + (["MoPs gain % (mean +- std)", "gain % per seed"] if paired else [])
+    pairs = [(a, b) for a, b in PAIRS if a in methods and b in methods]
+    headers = ["setting", "seeds", *methods]
+    for a, b in pairs:
+        headers += [f"{b} vs {a}: gain % (mean +- std)", "per seed"]
     rows = []
     for r in records:
+        ran = r["settings"]["methods"]
         row: list[object] = [r["name"], len(r["per_seed"])]
-        row += [_mean_std(ppl_values(r, m)) if m in r["settings"]["methods"] else "" for m in methods]
-        if paired:
-            g = gains(r)
-            row += [_mean_std(g, "+"),
-                    " ".join(f"{x:+.1f}" for x in g)]
+        row += [_mean_std(ppl_values(r, m)) if m in ran else "" for m in methods]
+        for a, b in pairs:
+            g = gains(r, a, b) if a in ran and b in ran else None
+            row += [_mean_std(g, "+"), " ".join(f"{x:+.1f}" for x in g)] if g else ["", ""]
         rows.append(row)
     first = next(iter(records[0]["per_seed"].values()))
     params = ", ".join(f"{m} {first[m]['trainable_parameters']:,}" for m in methods
@@ -83,7 +87,7 @@ def gating_figures(record: dict, out: Path) -> list[Path]:
 def write_reports(grid, records: Sequence[dict], out: Path) -> Path:
     """results.md (+ PNGs) for the grid's kind of experiment."""
     text = [f"# {grid.title}\n", "Test perplexity on response tokens (lower is better), mean +- std over seeds; "
-            "gain = (baseline - MoPs) / baseline, paired per seed. Every number and setting: results.json.\n"]
+            "gain of B vs A = (A - B) / A, paired per seed (same frozen parts, data order, steps). Every number and setting: results.json.\n"]
     text.append(comparison_table(records))
     if grid.experiment in ("layers", "prompts"):
         field = "injection_layer" if grid.experiment == "layers" else "prompts_per_expert"

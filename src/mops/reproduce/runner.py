@@ -1,19 +1,23 @@
-"""Run a grid: each cell is one `mops train` run in `<out>/cells/<key>`; finished cells are read back, an
-interrupted one resumes from its stages and checkpoints, and stages shared across cells (the same P^1, the
-same baseline) come from the stage store."""
+"""Run a grid: each cell is one `mops train` run (or, federated, one `mops federate` run per method and seed)
+in `<out>/cells/<key>`; finished cells are read back, an interrupted one resumes from its stages, checkpoints
+or last finished round, and stages shared across cells (the same P^1, the same baseline) come from the stage
+store."""
 
 from __future__ import annotations
 
 import json
+import os
 import platform
 import sys
 from dataclasses import asdict
+from importlib import metadata
 from pathlib import Path
 
 import torch
 
 from mops import __version__
 from mops.reproduce.grid import Cell, Grid
+from mops.training.runs import RunRequest, execute
 
 
 def _method_record(result: dict) -> dict:
@@ -22,8 +26,9 @@ def _method_record(result: dict) -> dict:
               "per_task": {t: s["ppl"] for t, s in final["ppl"]["per_task"].items()},
               "trainable_parameters": result.get("trainable_parameters")}
     if "gate" in final:
+        evals = result.get("evals") or [r["eval"] for r in result.get("rounds", [])]  # federated: one per round
         record["gate"] = final["gate"]
-        record["gate_during"] = [{"step": e["step"], "gate": e["gate"]} for e in result.get("evals", []) if "gate" in e]
+        record["gate_during"] = [{"step": e["step"], "gate": e["gate"]} for e in evals if "gate" in e]
     return record
 
 
@@ -43,32 +48,53 @@ def cell_record(cell: Cell, per_seed: dict[int, dict]) -> dict:
 
 
 def versions() -> dict:
-    import peft
-    import transformers
-
+    """Library versions and the device the numbers come from."""
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({platform.processor() or platform.machine()})"
-    return {"mops": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "peft": peft.__version__, "python": sys.version.split()[0], "device": device}
+    libs = {name: metadata.version(name) for name in ("transformers", "peft", "flwr")}
+    return {"mops": __version__, "torch": torch.__version__, **libs, "python": sys.version.split()[0],
+            "cpu_cores": os.cpu_count(), "device": device}
+
+
+def run_federated_cell(cell: Cell, folder: Path, progress: bool) -> dict[int, dict]:
+    """Each seed: each method on Flower (FedPrompt first: same P^1) into `folder/seed-N/<method>`; a method
+    whose results are on disk is read back. Returns seed -> {tasks, input_prompts_only, ..., <method>: ...}."""
+    from mops.federated.launcher import run_federated
+
+    per_seed: dict[int, dict] = {}
+    for seed in cell.seeds:
+        results: dict = {}
+        for method in cell.methods:
+            cfg = cell.federated_config(method, seed, folder / f"seed-{seed}")
+            file = Path(cfg.output) / method / "results.json"
+            if not file.is_file():
+                run_federated(cfg, progress=progress)
+            results.update(json.loads(file.read_text()))
+        per_seed[seed] = results
+    return per_seed
 
 
 def run_cell(cell: Cell, folder: Path, progress: bool) -> dict:
     """Train one cell (or read it back when finished); returns its `cell_record`."""
-    from mops.cli.train_cmd import RunRequest, execute
-
     done = folder / "cell.json"
     if done.is_file():
         return json.loads(done.read_text())
+    if cell.federated is not None:
+        record = cell_record(cell, run_federated_cell(cell, folder, progress))
+    else:
+        record = cell_record(cell, _run_centralised(cell, folder, progress))
+    tmp = done.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=2))
+    tmp.replace(done)  # a cell counts as finished only once its record is complete
+    return record
+
+
+def _run_centralised(cell: Cell, folder: Path, progress: bool) -> dict[int, dict]:
     req = RunRequest(model=cell.model, data=cell.data, tasks=None, total=cell.total, methods=list(cell.methods),
                      output=folder, mop=dict(cell.mop), train=dict(cell.train), max_length=cell.max_length,
                      template=cell.template, dtype="auto", device="auto", seeds=list(cell.seeds),
                      skip_invalid=False, compress=cell.compress, progress=progress)
     results = execute(req)
-    per_seed = {cell.seeds[0]: results} if len(cell.seeds) == 1 else results["per_seed"]
-    record = cell_record(cell, per_seed)
-    tmp = done.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=2))
-    tmp.replace(done)  # a cell counts as finished only once its record is complete
-    return record
+    return {cell.seeds[0]: results} if len(cell.seeds) == 1 else results["per_seed"]
 
 
 def run_grid(grid: Grid, out: Path, progress: bool = True, on_cell=None) -> dict:

@@ -30,7 +30,7 @@ from mops.paths import atomic_folder, cache_dir
 from mops.training.config import TrainConfig
 from mops.training.gate_pretraining import pretrain_gate
 from mops.training.loop import Runtime, mop_param_groups, train_steps
-from mops.training.seeds import relative_gain
+from mops.training.seeds import relative_gain, task_ppl
 from mops.tuners.mops.model import MoPModel
 from mops.tuners.peft_baselines import PEFT_METHODS, attach
 from mops.tuners.mops.prefix_cache import PrefixCache, mop_logits_fn, open_prefix_cache
@@ -301,7 +301,8 @@ def run_methods(exp: Experiment, methods: Sequence[str]) -> dict:
     return results
 
 
-def _ppl(evaluation: dict, task: str) -> float:
+def tasktask_ppl(evaluation: dict, task: str) -> float:
+    """PPL of one task (or "overall") from an evaluation record {"ppl": {"overall", "per_task"}}."""
     report = evaluation["ppl"]
     return report["overall"]["ppl"] if task == "overall" else report["per_task"][task]["ppl"]
 
@@ -315,10 +316,10 @@ def comparison_rows(results: dict, methods: Sequence[str]) -> tuple[list[str], l
         headers.append("MoPs gain")
     rows = []
     for task in [*results["tasks"], "overall"]:
-        row: list[object] = [task, _ppl(results["input_prompts_only"], task)]
-        row += [_ppl(results[m]["final"], task) for m in methods]
+        row: list[object] = [task, task_ppl(results["input_prompts_only"], task)]
+        row += [task_ppl(results[m]["final"], task) for m in methods]
         if both:
-            gain = relative_gain(_ppl(results[baseline]["final"], task), _ppl(results["mops"]["final"], task))
+            gain = relative_gain(task_ppl(results[baseline]["final"], task), task_ppl(results["mops"]["final"], task))
             row.append(f"{gain:+.1f}%")
         rows.append(row)
     return headers, rows

@@ -9,6 +9,12 @@ from typing import Sequence
 from mops.reports.tables import markdown_table
 
 
+def task_ppl(evaluation: dict, task: str) -> float:
+    """PPL of one task (or "overall") from an evaluation record {"ppl": {"overall", "per_task"}}."""
+    report = evaluation["ppl"]
+    return report["overall"]["ppl"] if task == "overall" else report["per_task"][task]["ppl"]
+
+
 def relative_gain(baseline: float, mops: float) -> float:
     """Percent perplexity reduction of MoPs against the baseline (positive: MoPs is better)."""
     return 100.0 * (baseline - mops) / baseline
@@ -27,8 +33,7 @@ def summarize_seeds(per_seed: dict[int, dict], tasks: Sequence[str]) -> dict:
         for task in rows:
             pair = []
             for method in ("baseline", "mops"):
-                report = results[method]["final"]["ppl"]
-                value = report["overall"]["ppl"] if task == "overall" else report["per_task"][task]["ppl"]
+                value = task_ppl(results[method]["final"], task)
                 ppl[method][task].append(value)
                 pair.append(value)
             rows[task].append(relative_gain(*pair))
