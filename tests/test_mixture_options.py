@@ -284,6 +284,16 @@ def test_peft_baselines_train_save_and_leave_the_base_clean(tmp_path, tiny_model
     solo, after = json.loads(alone.stdout)["mops"], json.loads(out.stdout)["mops"]
     assert solo["overall"]["ppl"] == pytest.approx(after["overall"]["ppl"], rel=1e-5)
     assert "| baseline | lora | ia3 | mops | MoPs gain |" in (run / "results.md").read_text()
+    # lora_lr / ia3_lr move LoRA / IA3 only: the prompt stages come from the store, the peft ones train again
+    faster = tmp_path / "peft-lr"
+    out = run_cli("train", "--model", str(tiny_model_dir), *ARGS, "--method", "baseline,lora,ia3,mops",
+                  "-o", str(faster), "--set", "lora_lr=0.05", "--set", "ia3_lr=0.1")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert {stage for stage, _ in step_records(faster)} == {"lora", "ia3"}
+    again = json.loads((faster / "results.json").read_text())
+    for method in ("lora", "ia3"):
+        assert again[method]["final"]["ppl"] != results[method]["final"]["ppl"]
+    assert again["mops"]["final"] == results["mops"]["final"]
 
 
 def test_prompt_gate_input_ignores_the_response_and_matches_generation(tiny_tokenizer):

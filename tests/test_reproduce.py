@@ -98,6 +98,11 @@ def test_grid_runs_caches_cells_and_writes_reports(tmp_path, tiny_model_dir):
         results["cells"][1]
     bad = run_cli("reproduce", "grid", "--grid", str(grid), "-o", str(out), "--only", "layer 9")
     assert bad.returncode == 2 and "no cell named ['layer 9']" in bad.stderr
+    listed = run_cli("reproduce", "table4", "--full", "--list", "--seeds", "4")
+    assert listed.returncode == 0 and listed.stderr.count("seeds [4]") == 4
+    assert builtin_grid("table4", "full", seeds=[4]).cells[0].key in listed.stderr
+    both = run_cli("reproduce", "table4", "--full", "--quick", "--list")
+    assert both.returncode == 2 and "exclude each other" in both.stderr
 
 
 def test_sweep_and_gating_reports_write_figures(tmp_path, tiny_model_dir):

@@ -16,6 +16,8 @@ def reproduce_command(
     experiment: str = typer.Argument(..., help="table2, table3, table4, table5, table6, table8, fig3, fig4, gating, or 'grid' with --grid."),
     grid_file: Optional[Path] = typer.Option(None, "--grid", help="A TOML/YAML grid file (see the README)."),
     size: str = typer.Option("quick", "--size", help="quick (CPU: minutes per cell) or full (GPU sizes)."),
+    full: bool = typer.Option(False, "--full", help="Same as --size full."),
+    quick: bool = typer.Option(False, "--quick", help="Same as --size quick (the default)."),
     model: str = ModelOpt,
     seeds: Optional[str] = typer.Option(None, "--seeds", help="Seeds of every cell (default 0,1,2)."),
     only: Optional[str] = typer.Option(None, "--only", help="Comma-separated cell names to run (the rest is skipped)."),
@@ -29,6 +31,9 @@ def reproduce_command(
     from mops.reproduce.report import write_reports
     from mops.reproduce.runner import run_grid
 
+    if full and quick:
+        raise ConfigError("--quick and --full exclude each other")
+    size = "full" if full else "quick" if quick else size
     if experiment == "grid":
         if grid_file is None:
             raise ConfigError("mops reproduce grid needs --grid FILE")

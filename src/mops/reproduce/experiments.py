@@ -19,9 +19,11 @@ PEFT_ROWS = {"uncompressed": None, "75%": "sparsegpt:0.75", "85%": "sparsegpt:0.
 INT8_ROWS = {"int8": "int8", "int8 + 75%": "sparsegpt:0.75+int8", "int8 + 85%": "sparsegpt:0.85+int8",
              "int8 + 90%": "sparsegpt:0.9+int8"}
 SIZES = {
-    "quick": dict(max_length=128, train=dict(steps=40, batch_size=4, lr=1e-1, gate_lr=1e-4, recovery_steps=20,
-                                             recovery_lr=1e-2, gate_pretrain_steps=200, gate_pretrain_examples=280,
-                                             eval_limit_per_task=10, checkpoint_every=20),
+    # lr: prompts (baseline and MoPs) and LoRA / IA3 at the best of a sweep at 75% (results/experiments.md,
+    # results/reproduce/peft-lr)
+    "quick": dict(max_length=128, train=dict(steps=40, batch_size=4, lr=1e-1, gate_lr=1e-4, lora_lr=1e-3, ia3_lr=3e-2,
+                                             recovery_steps=20, recovery_lr=1e-2, gate_pretrain_steps=200,
+                                             gate_pretrain_examples=280, eval_limit_per_task=10, checkpoint_every=20),
                   federated=dict(num_clients=10, clients_per_round=2, rounds=3, local_steps=10, batch_size=4, lr=1e-1,
                                  gate_lr=1e-4, recovery_steps=20, gate_pretrain_steps=200, gate_pretrain_examples=280,
                                  eval_limit_per_task=10)),

@@ -45,9 +45,13 @@ def comparison_table(records: Sequence[dict]) -> str:
             g = gains(r, a, b) if a in ran and b in ran else None
             row += [_mean_std(g, "+"), " ".join(f"{x:+.1f}" for x in g)] if g else ["", ""]
         rows.append(row)
-    first = next(iter(records[0]["per_seed"].values()))
-    params = ", ".join(f"{m} {first[m]['trainable_parameters']:,}" for m in methods
-                       if m in first and first[m].get("trainable_parameters"))
+    counts: dict[str, int] = {}  # each method's count, from the first cell that ran it
+    for r in records:
+        seed = next(iter(r["per_seed"].values()))
+        for m in r["settings"]["methods"]:
+            if seed[m].get("trainable_parameters"):
+                counts.setdefault(m, seed[m]["trainable_parameters"])
+    params = ", ".join(f"{m} {counts[m]:,}" for m in methods if m in counts)
     return markdown_table(headers, rows) + f"\nTrainable parameters: {params}.\n"
 
 

@@ -36,6 +36,10 @@ class TrainConfig:
     gate_pretrain_smoothing: float = field(
         default=0.0, metadata={"help": "Label smoothing of gate pretraining (soft task -> expert targets; 0 = hard)."}
     )
+    lora_lr: float = field(
+        default=1e-3, metadata={"help": "Learning rate of the LoRA weights (prompt rates make LoRA diverge)."}
+    )
+    ia3_lr: float = field(default=3e-2, metadata={"help": "Learning rate of the IA3 scaling vectors."})
     lora_r: int = field(default=2, metadata={"help": "LoRA rank (paper: 2)."})
     lora_alpha: float = field(default=32, metadata={"help": "LoRA alpha (paper: 32)."})
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout (paper: 0.05)."})
@@ -74,7 +78,7 @@ class TrainConfig:
         for name in ("batch_size", "grad_accum", "eval_batch_size", "gate_pretrain_batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("lr", "recovery_lr", "gate_pretrain_lr", "gate_lr", "baseline_lr"):
+        for name in ("lr", "recovery_lr", "gate_pretrain_lr", "gate_lr", "baseline_lr", "lora_lr", "ia3_lr"):
             if getattr(self, name) is not None and not getattr(self, name) > 0:
                 raise ConfigError(f"TrainConfig.{name} must be > 0, got {getattr(self, name)}")
         if self.gate_balance < 0:
@@ -87,7 +91,9 @@ class TrainConfig:
         return self.lr if self.gate_lr is None else self.gate_lr
 
     def method_lr(self, method: str) -> float:
-        """Prompt learning rate of `method` (baseline or mops)."""
+        """Learning rate of what `method` trains: prompts (baseline, mops, lora_mops) or peft weights (lora, ia3)."""
+        if method in ("lora", "ia3"):
+            return self.lora_lr if method == "lora" else self.ia3_lr
         return self.baseline_lr if method == "baseline" and self.baseline_lr is not None else self.lr
 
     def to_dict(self) -> dict:

@@ -45,15 +45,15 @@ _GATE_ONLY = {"gate_lr", "gate_balance", "gate_mode", "gate_strength", "learn_ga
 _GATE_PRETRAIN = {"gate_pretrain_steps", "gate_pretrain_lr", "gate_pretrain_examples", "gate_pretrain_batch_size",
                   "gate_pretrain_smoothing"}
 _NEVER = {"checkpoint_every"}
-_PEFT = {"lora_r", "lora_alpha", "lora_dropout", "peft_targets"}
+_PEFT = {"lora_lr", "ia3_lr", "lora_r", "lora_alpha", "lora_dropout", "peft_targets"}
 _IRRELEVANT = {
     "recovery": _GATE_ONLY | _GATE_PRETRAIN | _NEVER | _PEFT | {"steps", "lr", "baseline_lr", "eval_every"},
     "gate_pretrain": _GATE_ONLY | _NEVER | _PEFT | {"steps", "lr", "baseline_lr", "eval_every"},
     "baseline": _GATE_ONLY | _GATE_PRETRAIN | _NEVER | _PEFT | {"lr", "baseline_lr"},
     "mops": _NEVER | _PEFT | {"baseline_lr"},
-    "lora": _GATE_ONLY | _GATE_PRETRAIN | _NEVER | {"baseline_lr"},
-    "ia3": _GATE_ONLY | _GATE_PRETRAIN | _NEVER | {"baseline_lr", "lora_r", "lora_alpha", "lora_dropout"},
-    LORA_MOPS: _NEVER | {"baseline_lr"},
+    "lora": _GATE_ONLY | _GATE_PRETRAIN | _NEVER | {"baseline_lr", "ia3_lr"},
+    "ia3": _GATE_ONLY | _GATE_PRETRAIN | _NEVER | {"baseline_lr", "lora_lr", "lora_r", "lora_alpha", "lora_dropout"},
+    LORA_MOPS: _NEVER | {"baseline_lr", "ia3_lr"},
 }
 
 
@@ -226,7 +226,7 @@ class Experiment:
             for name, module in self.model.lm.named_modules():
                 if name.endswith("lora_dropout") or ".lora_dropout." in name:
                     module.train()  # the adapter's own dropout, while training only
-            groups = [{"params": [p for p in self.model.lm.parameters() if p.requires_grad], "lr": cfg.lr}]
+            groups = [{"params": [p for p in self.model.lm.parameters() if p.requires_grad], "lr": cfg.method_lr(method)}]
         else:
             groups = mop_param_groups(self.model, cfg, method)
         evals: list[dict] = []
