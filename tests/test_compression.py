@@ -20,6 +20,7 @@ from mops.errors import ConfigError
 from mops.models import load_base_model
 from mops.tuners.mops.config import MoPConfig
 from mops.tuners.mops.model import MoPModel
+from tests.conftest import save_tiny_model
 
 CALIB = dict(calib_samples=16, calib_length=48)
 
@@ -115,6 +116,14 @@ def test_unstructured_sparsity_of_every_matrix(tiny_model_dir: Path, text: str, 
         assert abs(entry["sparsity"] - target) < 0.01, name
     assert abs(report["sparsity"]["overall"] - target) < 0.01
     assert set(report["sparsity"]["per_layer"]) == {"0", "1", "2", "3"}
+
+
+@pytest.mark.parametrize("arch", ["gemma3", "qwen2"])
+def test_sparsegpt_prunes_other_families(tmp_path: Path, tiny_tokenizer, arch: str) -> None:
+    """Gemma 3 (sliding-window + full attention layers) and Qwen2 go through llm-compressor's SparseGPT too."""
+    report = _compress(save_tiny_model(tmp_path / arch, tiny_tokenizer, arch), "sparsegpt:0.75").report
+    matrices = report["sparsity"]["matrices"]
+    assert len(matrices) == 4 * 7 and all(abs(e["sparsity"] - 0.75) < 0.01 for e in matrices.values())
 
 
 @pytest.mark.parametrize("text", ["sparsegpt:2:4", "sparsegpt:7:8", "wanda:3:4", "magnitude:4:8"])

@@ -16,8 +16,9 @@ PAIRS = (("baseline", "mops"), ("fedprompt", "mops"), ("lora", "lora_mops"))
 
 
 def _mean_std(values: Sequence[float], sign: str = "") -> str:
+    """"mean +- std" over seeds; a single seed's value alone (it has no spread to show)."""
     s = mean_std(values)
-    return f"{s['mean']:{sign}.2f} +- {s['std']:.2f}"
+    return f"{s['mean']:{sign}.2f}" + (f" +- {s['std']:.2f}" if len(values) > 1 else "")
 
 
 def ppl_values(record: dict, method: str) -> list[float]:
@@ -73,6 +74,36 @@ def sweep_figure(records: Sequence[dict], x_label: str, xs: Sequence[float], tit
     return path
 
 
+def table_figure(records: Sequence[dict], title: str, path: Path) -> Path:
+    """Grouped bars: mean test PPL per cell (x) and method (bar), std over seeds as error bars; log scale when
+    the cells' PPLs span more than a factor of 10 (uncompressed next to 90% pruned)."""
+    methods = list(dict.fromkeys(m for r in records for m in r["settings"]["methods"]))
+    width = 0.8 / len(methods)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(records) + 2), 3.8))
+    means_all = []
+    for i, method in enumerate(methods):
+        xs, means, stds = [], [], []
+        for x, r in enumerate(records):
+            if method in r["settings"]["methods"]:
+                stats = mean_std(ppl_values(r, method))
+                xs.append(x + (i - (len(methods) - 1) / 2) * width)
+                means.append(stats["mean"])
+                stds.append(stats["std"])
+        means_all += means
+        ax.bar(xs, means, width, yerr=stds, capsize=2, label=method)
+    if max(means_all) > 10 * min(means_all):
+        ax.set_yscale("log")
+    ax.set_xticks(range(len(records)), [r["name"] for r in records], rotation=30 if len(records) > 6 else 0,
+                  ha="right" if len(records) > 6 else "center", fontsize=8)
+    ax.set_ylabel("test PPL (response tokens)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def gating_figures(record: dict, out: Path) -> list[Path]:
     """Per seed: the task x expert gate after pretraining, at each evaluation during training, and at the end."""
     paths = []
@@ -93,6 +124,9 @@ def write_reports(grid, records: Sequence[dict], out: Path) -> Path:
     text = [f"# {grid.title}\n", "Test perplexity on response tokens (lower is better), mean +- std over seeds; "
             "gain of B vs A = (A - B) / A, paired per seed (same frozen parts, data order, steps). Every number and setting: results.json.\n"]
     text.append(comparison_table(records))
+    if grid.experiment == "table":
+        png = table_figure(records, grid.title, out / "table.png")
+        text.append(f"\n![{grid.title}]({png.name})\n")
     if grid.experiment in ("layers", "prompts"):
         field = "injection_layer" if grid.experiment == "layers" else "prompts_per_expert"
         xs = [r["resolved"]["mop"][field] for r in records]
