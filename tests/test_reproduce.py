@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mops.errors import ConfigError
+from mops.errors import ConfigError, ModelLoadError
 from mops.reproduce.experiments import EXPERIMENTS, builtin_grid
 from mops.reproduce.grid import Cell, load_grid
 from tests.conftest import save_tiny_model
@@ -64,6 +64,9 @@ def test_builtin_grids_cover_the_paper():
                for c in table4.cells)
     assert table4.cells[0].train["steps"] > builtin_grid("table4").cells[0].train["steps"]
     assert [c.mop["injection_layer"] for c in builtin_grid("fig3").cells] == [3, 10, 20]
+    assert [c.mop["injection_layer"] for c in builtin_grid("fig3", model="gemma3-270m").cells] == [2, 6, 12]
+    assert [c.mop["injection_layer"] for c in builtin_grid("fig3", "full", model="gemma3-270m").cells] == \
+        [1, 2, 3, 6, 9, 12, 15]
     gating = builtin_grid("gating").cells[0]
     assert gating.train["eval_every"] == 10
     assert set(EXPERIMENTS) == {"table2", "table3", "table4", "table5", "table6", "table8", "fig3", "fig4", "gating"}
@@ -201,3 +204,10 @@ def test_second_family_runs_every_centralised_method(tmp_path, tiny_tokenizer):
     assert all(1 < v < 1e6 for v in ppl.values()) and len(set(ppl.values())) == 5, ppl
     assert seed0["lora_mops"]["trainable_parameters"] == seed0["mops"]["trainable_parameters"]
     assert "lora_mops vs lora: gain % (mean +- std)" in (out / "results.md").read_text()
+
+
+def test_layer_sweep_follows_the_depth_of_any_model(tiny_model_dir, tmp_path):
+    """A model folder's depth comes from its config (4 layers here): the sweep stays inside the model."""
+    assert [c.mop["injection_layer"] for c in builtin_grid("fig3", model=str(tiny_model_dir)).cells] == [1, 3]
+    with pytest.raises(ModelLoadError, match="cannot read the config of model"):
+        builtin_grid("fig3", model=str(tmp_path / "nowhere"))

