@@ -324,7 +324,13 @@ class MoPModel(nn.Module):
         return [p for p in self.parameters() if p.requires_grad]
 
     def trainable_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+        """Free trainable parameters. Merge routing without a gate (the baseline) uses the experts only through
+        their mean, so it is prompt tuning of `num_slots` prompts and counts as such (Adam moves every expert by
+        the same step, so the 7 stored sets add no freedom)."""
+        count = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        if self.config.routing == "merge" and not self.config.use_gate and self.expert_prompts.requires_grad:
+            count -= self.expert_prompts.numel() - self.config.num_slots * self.expert_prompts.shape[-1]
+        return count
 
     def adapter_state(self) -> dict[str, torch.Tensor]:
         """Everything the adapter owns (no base weights), plus `lm.<name>` for any weights trained inside the
