@@ -94,6 +94,7 @@ def test_grid_runs_caches_cells_and_writes_reports(tmp_path, tiny_model_dir):
     assert "| setting | seeds | baseline | mops | lora | mops vs baseline: gain % (mean +- std) | per seed |" in text
     assert f"{gain:+.1f}" in text and "Trainable parameters: baseline" in text and "lora" in text
     assert (out / "table.png").stat().st_size > 5000 and "![tiny table](table.png)" in text
+    assert (out / "gate_layer_1.png").stat().st_size > 5000 and "![gate layer 2](gate_layer_2.png)" in text
     assert len(seed0["mops"]["gate"]) == 7 and seed0["lora"]["trainable_parameters"] > 0
     # a re-run reads every finished cell back; --only picks cells
     again = run_cli("reproduce", "grid", "--grid", str(grid), "-o", str(out), "--only", "layer 2")

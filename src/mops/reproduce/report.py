@@ -3,6 +3,7 @@ parameters) and PNG figures (sweeps, gate heatmaps). Written after every finishe
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -119,6 +120,21 @@ def gating_figures(record: dict, out: Path) -> list[Path]:
     return paths
 
 
+def final_gate_figures(records: Sequence[dict], out: Path) -> list[tuple[Path, dict]]:
+    """Per cell with a gate (mops, lora_mops): the task x expert gate after training, first seed."""
+    figures = []
+    for r in records:
+        gated = [m for m in ("mops", "lora_mops") if m in r["settings"]["methods"]]
+        if not gated:
+            continue
+        seed, entry = next(iter(r["per_seed"].items()))
+        slug = re.sub(r"[^A-Za-z0-9]+", "_", r["name"].replace("%", "pct")).strip("_")
+        path = out / f"gate_{slug}.png"
+        title = f"{r['name']}: {gated[0]} gate after training (seed {seed})"
+        figures.append((save_gate_heatmap(entry[gated[0]]["gate"], r["tasks"], title, path), r))
+    return figures
+
+
 def write_reports(grid, records: Sequence[dict], out: Path) -> Path:
     """results.md (+ PNGs) for the grid's kind of experiment."""
     text = [f"# {grid.title}\n", "Test perplexity on response tokens (lower is better), mean +- std over seeds; "
@@ -127,6 +143,8 @@ def write_reports(grid, records: Sequence[dict], out: Path) -> Path:
     if grid.experiment == "table":
         png = table_figure(records, grid.title, out / "table.png")
         text.append(f"\n![{grid.title}]({png.name})\n")
+        text += [f"\n![gate {r['name']}]({png.name})" for png, r in final_gate_figures(records, out)]
+        text.append("\n")
     if grid.experiment in ("layers", "prompts"):
         field = "injection_layer" if grid.experiment == "layers" else "prompts_per_expert"
         xs = [r["resolved"]["mop"][field] for r in records]
