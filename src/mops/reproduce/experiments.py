@@ -25,17 +25,24 @@ SIZES = {
     "quick": dict(max_length=128, train=dict(steps=40, batch_size=4, lr=1e-1, gate_lr=1e-4, lora_lr=1e-3, ia3_lr=3e-2,
                                              recovery_steps=20, recovery_lr=1e-2, gate_pretrain_steps=200,
                                              gate_pretrain_examples=280, eval_limit_per_task=10, checkpoint_every=20),
-                  federated=dict(num_clients=10, clients_per_round=2, rounds=3, local_steps=10, batch_size=4, lr=1e-1,
-                                 gate_lr=1e-4, recovery_steps=20, gate_pretrain_steps=200, gate_pretrain_examples=280,
-                                 eval_limit_per_task=10)),
+                  clients=dict(num_clients=10, clients_per_round=2, rounds=3, local_steps=10, batch_size=4)),
     "full": dict(max_length=256, train=dict(steps=2000, batch_size=8, lr=1e-2, gate_lr=1e-4, recovery_steps=300,
                                             recovery_lr=1e-2, gate_pretrain_steps=300, gate_pretrain_examples=1000,
                                             checkpoint_every=200),
                  # the paper's federation: 100 clients, 10 per round, 250 local steps at batch 1
-                 federated=dict(num_clients=100, clients_per_round=10, rounds=20, local_steps=250, batch_size=1,
-                                lr=1e-2, gate_lr=1e-4, recovery_steps=300, gate_pretrain_steps=300,
-                                gate_pretrain_examples=1000, eval_limit_per_task=0)),
+                 clients=dict(num_clients=100, clients_per_round=10, rounds=20, local_steps=250, batch_size=1)),
 }
+SHARED_WITH_FEDERATED = ("lr", "gate_lr", "recovery_steps", "gate_pretrain_steps", "gate_pretrain_examples")
+
+
+def federation(size: str) -> dict:
+    """A size's federated settings: its federation (`clients`) plus the centralised runs' rates, stage lengths and
+    test subset (0 = the whole test split), so federated and centralised cells of one size train alike."""
+    train = SIZES[size]["train"]
+    return {**SIZES[size]["clients"], **{k: train[k] for k in SHARED_WITH_FEDERATED},
+            "eval_limit_per_task": train.get("eval_limit_per_task") or 0}
+
+
 EXPERIMENTS = ("table2", "table3", "table4", "table5", "table6", "table8", "fig3", "fig4", "gating")
 
 
@@ -44,9 +51,9 @@ def builtin_grid(experiment: str, size: str = "quick", model: str = "smollm2-135
     """The grid of one of the paper's experiments, at `size` (quick or full), on `model`."""
     if size not in SIZES:
         raise ConfigError(f"size must be quick or full, got {size!r}")
-    sized = dict(SIZES[size])
-    federation = sized.pop("federated")
-    base = {**sized, "model": model, "seeds": seeds or [0, 1, 2]}
+    fed = federation(size)
+    base = {"max_length": SIZES[size]["max_length"], "train": SIZES[size]["train"], "model": model,
+            "seeds": seeds or [0, 1, 2]}
 
     def cell(name: str, **settings) -> Cell:
         merged = {**base, **settings}
@@ -55,7 +62,7 @@ def builtin_grid(experiment: str, size: str = "quick", model: str = "smollm2-135
 
     def federated_cell(name: str, **settings) -> Cell:
         return Cell(name=name, **{**base, "train": {}, "methods": ["fedprompt", "mops"]},
-                    federated={**federation, **settings.pop("federated", {})}, **settings)
+                    federated={**fed, **settings.pop("federated", {})}, **settings)
 
     if experiment == "table2":
         cells = [cell(f"{data} {row}", data=data, compress=spec) for data in ("dolly", "sni")
@@ -66,7 +73,7 @@ def builtin_grid(experiment: str, size: str = "quick", model: str = "smollm2-135
                  for row, spec in PRUNING.items()]
         return Grid("table", "Table 3: federated on Flower, FedPrompt vs MoPs (test PPL)", cells)
     if experiment == "table5":  # the paper's Table 5 federates 10 clients at every size
-        clients = {"num_clients": 10, "clients_per_round": min(10, federation["clients_per_round"])}
+        clients = {"num_clients": 10, "clients_per_round": min(10, fed["clients_per_round"])}
         cells = [federated_cell(row, compress=spec, federated=clients)
                  for row, spec in INT8_ROWS.items()]
         return Grid("table", "Table 5: federated, int8 + pruning, FedPrompt vs MoPs (test PPL, Dolly)", cells)

@@ -22,6 +22,11 @@ def _mean_std(values: Sequence[float], sign: str = "") -> str:
     return f"{s['mean']:{sign}.2f}" + (f" +- {s['std']:.2f}" if len(values) > 1 else "")
 
 
+def _methods(records: Sequence[dict]) -> list[str]:
+    """Every method any cell ran, in first-seen order."""
+    return list(dict.fromkeys(m for r in records for m in r["settings"]["methods"]))
+
+
 def ppl_values(record: dict, method: str) -> list[float]:
     return [seed[method]["ppl"] for seed in record["per_seed"].values()]
 
@@ -33,7 +38,7 @@ def gains(record: dict, reference: str, method: str) -> list[float]:
 
 def comparison_table(records: Sequence[dict]) -> str:
     """Rows = cells; PPL per method (mean +- std over seeds); the paired gains of `PAIRS` the cells ran."""
-    methods = list(dict.fromkeys(m for r in records for m in r["settings"]["methods"]))
+    methods = _methods(records)
     pairs = [(a, b) for a, b in PAIRS if a in methods and b in methods]
     headers = ["setting", "seeds", *methods]
     for a, b in pairs:
@@ -78,7 +83,7 @@ def sweep_figure(records: Sequence[dict], x_label: str, xs: Sequence[float], tit
 def table_figure(records: Sequence[dict], title: str, path: Path) -> Path:
     """Grouped bars: mean test PPL per cell (x) and method (bar), std over seeds as error bars; log scale when
     the cells' PPLs span more than a factor of 10 (uncompressed next to 90% pruned)."""
-    methods = list(dict.fromkeys(m for r in records for m in r["settings"]["methods"]))
+    methods = _methods(records)
     width = 0.8 / len(methods)
     fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(records) + 2), 3.8))
     means_all = []
