@@ -59,8 +59,10 @@ def test_train_writes_everything_and_resumes(tmp_path, tiny_model_dir):
 def test_train_rejects_bad_method_and_layer(tmp_path, tiny_model_dir):
     out = run_cli("train", "--model", str(tiny_model_dir), "--method", "dora", "-o", str(tmp_path))
     assert out.returncode == 2 and "--method must be both or a comma-separated list" in out.stderr and "dora" in out.stderr
-    out = run_cli("train", "--model", str(tiny_model_dir), "--total", "70", "--injection-layer", "9", "-o", str(tmp_path))
+    out = run_cli("train", "--model", str(tiny_model_dir), "--total", "70", "--injection-layer", "9", "-o",
+                  str(tmp_path / "run"))
     assert out.returncode == 2 and "injection_layer must be in [0, 3]" in out.stderr
+    assert not (tmp_path / "run").exists()  # refused after loading the model, before writing anything
 
 
 def test_paired_comparison_over_seeds(tmp_path, tiny_model_dir):

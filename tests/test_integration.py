@@ -114,3 +114,20 @@ def test_smollm2_int8_keeps_perplexity_and_trains_prompts(smollm2):
     b = collate(encoded[:2], smollm2.tokenizer.pad_token_id)
     mop(b["input_ids"], b["attention_mask"]).float().logsumexp(-1).mean().backward()
     assert mop.expert_prompts.grad is not None and mop.expert_prompts.grad.abs().sum() > 0
+
+
+def test_gguf_conversion_is_deterministic_and_fingerprinted(tmp_path):
+    """The same GGUF and library versions give the same bytes; the model cache records the fingerprint."""
+    import hashlib
+    import json
+
+    from mops.models.fingerprint import weights_digest
+    from mops.models.loading import SOURCE_FILE, convert_gguf
+    from mops.models.registry import PACKAGED_MODELS
+
+    gguf = PACKAGED_MODELS["smollm2-135m"].locate_gguf(tmp_path)
+    folders = [convert_gguf(gguf, tmp_path / f"conversion-{n}") for n in (1, 2)]
+    files = [hashlib.sha256((f / "model.safetensors").read_bytes()).hexdigest() for f in folders]
+    assert files[0] == files[1]
+    recorded = [json.loads((f / SOURCE_FILE).read_text())["fingerprint"] for f in folders]
+    assert recorded[0] == recorded[1] == weights_digest(folders[0])

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mops.errors import ModelLoadError
+from mops.errors import ConfigError, ModelLoadError
 from mops.models import load_base_model, resolve_dtype
 from mops.models.registry import PACKAGED_MODELS
 
@@ -28,7 +28,7 @@ def test_local_folder_loads_frozen_with_identity(tiny_model_dir):
 def test_dtype_choice():
     assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
     assert resolve_dtype("auto", torch.device("cuda")) == torch.bfloat16
-    with pytest.raises(ModelLoadError, match="unknown dtype 'fp8'"):
+    with pytest.raises(ConfigError, match="--dtype 'fp8' is not a dtype"):
         resolve_dtype("fp8", torch.device("cpu"))
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import sys
 
+import click
 import typer
+from rich.markup import escape
 
 from mops.cli import data_cmd
 from mops.cli.common import JsonOpt, console, emit_json
@@ -16,7 +18,9 @@ from mops.cli.reproduce_cmd import reproduce_command
 from mops.cli.train_cmd import demo_command, train_command
 from mops.errors import MopsError
 
-app = typer.Typer(help="Mixture of Prompts (MoPs) for compressed LLMs.", no_args_is_help=True, add_completion=False)
+# No locals in tracebacks: they would print the user's data (an unexpected error still shows its stack).
+app = typer.Typer(help="Mixture of Prompts (MoPs) for compressed LLMs.", no_args_is_help=True, add_completion=False,
+                  pretty_exceptions_show_locals=False)
 app.add_typer(data_cmd.app, name="data")
 app.command("eval")(eval_command)
 app.command("train")(train_command)
@@ -48,21 +52,32 @@ def models(as_json: bool = JsonOpt) -> None:
         console.print(f"[bold]{r['name']}[/bold]  {mark}[/]  {r['description']}")
 
 
+INTERRUPTED = 130  # the shell's status for a process ended by SIGINT
+
+
 def main() -> None:
+    """Run the app; exit 2 with one `error:` line on bad input, 130 on Ctrl-C (what was finished is kept)."""
     try:
-        app(standalone_mode=False)
+        status = app(standalone_mode=False)  # typer returns Ctrl-C (and typer.Exit) as a status instead of exiting
+    except KeyboardInterrupt:
+        status = INTERRUPTED
     except MopsError as err:
-        console.print(f"[red]error:[/red] {err}", highlight=False)
+        console.print(f"[red]error:[/red] {escape(str(err))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except typer.Abort:
-        sys.exit(130)
-    except Exception as err:  # click usage errors (bad option) carry their own exit code
-        import click
-
-        if isinstance(err, click.ClickException):
-            err.show()
-            sys.exit(err.exit_code)
-        raise
+        status = INTERRUPTED
+    except click.UsageError as err:  # a bad option or value: one line, like every other error
+        where = f" (see `{err.ctx.command_path} --help`)" if err.ctx is not None else ""
+        console.print(f"[red]error:[/red] {escape(err.format_message())}{where}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except click.ClickException as err:
+        err.show()
+        sys.exit(err.exit_code)
+    if status == INTERRUPTED:
+        console.print("[red]error:[/red] interrupted (Ctrl-C); finished stages and the last checkpoint are kept: "
+                      "run the same command again to resume", highlight=False, soft_wrap=True)
+    if isinstance(status, int) and status:
+        sys.exit(status)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from mops.cli.common import CompressOpt, DataOpt, JsonOpt, ModelOpt, SeedOpt, TasksOpt, TotalOpt, console, emit_json
+from mops.errors import ConfigError
 from mops.federated.config import FederatedConfig
 from mops.reports.tables import ROUND_HEADERS, markdown_table, rich_table, round_rows
 
@@ -51,9 +52,11 @@ def federate_command(
     as_json: bool = JsonOpt,
 ) -> None:
     """Federated prompt training on Flower: server-side P^1 and gate pretraining, FedAvg rounds, per-round eval."""
-    from mops.federated.launcher import run_federated
+    from mops.federated.launcher import ENGINES, run_federated
     from mops.training.pipeline import comparison_rows, write_reports
 
+    if engine not in ENGINES:
+        raise ConfigError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     methods = ["fedprompt", "mops"] if method == "both" else [method]
     configs = [FederatedConfig(  # every setting is validated before anything starts
         output=str(output), method=m, model=model, compress=compress or "", data=data, tasks=tasks or "", total=total,

@@ -9,6 +9,7 @@ import typer
 
 from mops.cli.common import CompressOpt, DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, TemplateOpt, console, emit_json
 from mops.compression.config import compression_from
+from mops.errors import ConfigError
 
 
 def generate_command(
@@ -17,7 +18,7 @@ def generate_command(
     model: str = ModelOpt,
     compress: Optional[str] = CompressOpt,
     input_text: str = typer.Option("", "--input", help="Optional input/context for every instruction."),
-    max_new_tokens: int = typer.Option(64, "--max-new-tokens"),
+    max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1),
     template: str = TemplateOpt,
     dtype: str = DtypeOpt,
     device: str = DeviceOpt,
@@ -29,13 +30,25 @@ def generate_command(
     from mops.tuners.mops.model import MoPModel
 
     base = load_base_model(model, dtype=dtype, device=device, compression=compression_from(compress))
-    tok = Tokenizer(base.tokenizer, ["_"], max_length=1024, template=template)
-    prompts = tok.encode_all([Example("_", text, input_text, "-") for text in instruction], prompt_only=True)
+    mop = MoPModel.from_pretrained(base, adapter) if adapter is not None else None
+    slots = mop.config.num_slots if mop is not None else 0
+    context = getattr(base.model.config, "max_position_embeddings", None) or 2048
+    budget = context - slots - max_new_tokens  # the prompt's share of the model's context
+    if budget < 16:
+        raise ConfigError(f"--max-new-tokens {max_new_tokens}: the model's context is {context} tokens "
+                          f"({slots} prompt slots), too few left for the instruction")
+    tok = Tokenizer(base.tokenizer, ["_"], max_length=budget, template=template)
+    examples = [Example("_", text, input_text, "-") for text in instruction]
+    prompts = tok.encode_all(examples, prompt_only=True)
+    for n, (ex, enc) in enumerate(zip(examples, prompts)):
+        full = len(tok.prompt_ids(ex, budget=1 << 62))  # the prompt's length before shortening
+        if full > len(enc.input_ids):
+            console.print(f"[yellow]warning: instruction {n + 1} has {full} tokens; shortened to {len(enc.input_ids)} "
+                          f"to fit the model's context ({context} tokens) with {max_new_tokens} new tokens")
     batch = collate(prompts, base.tokenizer.pad_token_id, left_pad=True)
     ids, mask = batch["input_ids"].to(base.model.device), batch["attention_mask"].to(base.model.device)
     kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=base.tokenizer.pad_token_id)
-    if adapter is not None:
-        mop = MoPModel.from_pretrained(base, adapter)
+    if mop is not None:
         out = mop.generate(ids, mask, **kwargs)
         weights = mop.last_gate_weights.tolist() if mop.last_gate_weights is not None else None
     else:

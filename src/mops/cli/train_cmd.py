@@ -44,7 +44,9 @@ def train_command(
     total: int = TotalOpt,
     method: str = typer.Option("both", "--method", help="both (= baseline,mops) or a list of mops, baseline (prompt "
                                                        "tuning at the same layer, no gate), lora, ia3 (peft)."),
-    output: Path = typer.Option(Path("runs/train"), "--output", "-o", help="Run folder; re-running with it resumes."),
+    output: Path = typer.Option(Path("runs/train"), "--output", "-o", help="Run folder; re-running the same command "
+                                "resumes it (other settings are refused: see --overwrite)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run in --output even if its settings differ."),
     num_experts: int = typer.Option(7, "--num-experts", help="Expert groups E (paper: 7)."),
     prompts_per_expert: Optional[int] = typer.Option(None, "--prompts-per-expert", help="Prompts per expert (default: "
                                                      "70 with merge routing, 10 with attention routing)."),
@@ -102,6 +104,7 @@ def train_command(
                    group_by_length=group_by_length, cache_dtype=cache_dtype) | set_train,
         max_length=max_length, template=template, dtype=dtype, device=device, seeds=parse_seeds(seeds),
         skip_invalid=skip_invalid, compress=compress, progress=not as_json, experiment_log=experiment_log, note=note,
+        overwrite=overwrite,
     )
     results = execute(req)
     if as_json:

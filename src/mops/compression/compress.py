@@ -24,7 +24,10 @@ from mops.compression.pruning import prune_model
 from mops.compression.quantization import quantize_int8_folder
 from mops.compression.report import REPORT_FILE, read_compression_report, write_compression_report
 from mops.compression.stats import folder_bytes, sparsity_report
-from mops.models.loading import load_base_model, quiet_transformers, resolve_device, resolve_model_path
+from mops.models.fingerprint import weights_digest
+from mops.models.loading import (
+    load_base_model, quiet_transformers, resolve_device, resolve_model_path, source_fingerprint,
+)
 from mops.paths import atomic_folder, cache_dir
 
 
@@ -114,6 +117,8 @@ def compress_model(base: str, cfg: CompressionConfig, device: str = "auto", forc
         reloaded = load_base_model(str(tmp), dtype="float32", device=device)
         report["sparsity"] = sparsity_report(reloaded.model, cfg.pattern)
         report["bytes"] = {"disk": folder_bytes(tmp), "memory": reloaded.model.get_memory_footprint()}
+        report["base_fingerprint"] = source_fingerprint(resolve_model_path(base))
+        report["fingerprint"] = weights_digest(tmp)
         write_compression_report(tmp, report)
     return CompressedModel(target, read_compression_report(target))
 

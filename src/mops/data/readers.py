@@ -84,19 +84,30 @@ def record_to_example(record: Any, source: str) -> Example:
     )
 
 
-def _open_text(path: Path) -> Iterator[str]:
+def _lines(path: Path) -> Iterator[tuple[int, str | None, str]]:
+    """(line number, text or None if not UTF-8, what is wrong) for each line; gzip by suffix."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as handle:  # type: ignore[operator]
-        yield from handle
+    try:
+        with opener(path, "rb") as handle:  # type: ignore[operator]
+            for lineno, raw in enumerate(handle, start=1):
+                try:
+                    yield lineno, raw.decode("utf-8"), ""
+                except UnicodeDecodeError as err:
+                    yield lineno, None, f"not valid UTF-8 (byte 0x{raw[err.start]:02x} at column {err.start + 1})"
+    except (OSError, EOFError) as err:  # a damaged .gz file
+        raise DataError(f"{path}: cannot read ({type(err).__name__}: {err})") from err
 
 
 def read_jsonl(path: Path, skip_invalid: bool = False) -> LoadResult:
     """Dolly (instruction, context, response, category) or mops (task, instruction, input, output) JSONL."""
     out = _Collector(skip_invalid)
-    for lineno, line in enumerate(_open_text(path), start=1):
+    for lineno, line, problem in _lines(path):
+        where = f"{path}:{lineno}"
+        if line is None:
+            out.fail(where, problem)
+            continue
         if not line.strip():
             continue
-        where = f"{path}:{lineno}"
         try:
             record = json.loads(line)
         except json.JSONDecodeError as err:
@@ -107,8 +118,15 @@ def read_jsonl(path: Path, skip_invalid: bool = False) -> LoadResult:
 
 
 def _load_json(path: Path) -> Any:
+    raw = path.read_bytes()
     try:
-        return json.loads(path.read_text(encoding="utf-8"))  # SNI files contain NaN: Python's json accepts it
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        column = err.start - (raw.rfind(b"\n", 0, err.start) + 1) + 1
+        raise DataError(f"{path}:{line}:{column}: not valid UTF-8 (byte 0x{raw[err.start]:02x})") from None
+    try:
+        return json.loads(text)  # SNI files contain NaN: Python's json accepts it
     except json.JSONDecodeError as err:
         raise DataError(f"{path}:{err.lineno}:{err.colno}: not valid JSON ({err.msg})") from err
 

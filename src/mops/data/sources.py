@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Sequence
 
 from mops.data.example import Example
+from mops.errors import ConfigError, DataError
 from mops.data.readers import LoadResult, read_hf_dataset, read_path
 from mops.data.selection import group_by_task, select_balanced, train_test_split
 from mops.data.tasks import PAPER_TASKS, PAPER_TOTAL
@@ -62,9 +63,20 @@ def load_splits(
     skip_invalid: bool = False,
 ) -> DataSplits:
     """Read, select (balanced, de-duplicated, seeded) and split 90/10 by default, as in the paper."""
+    if total is not None and total < 1:
+        raise ConfigError(f"--total must be >= 1 (examples selected before the split), got {total}")
     loaded = read_examples(spec, skip_invalid)
+    if not loaded.examples:
+        why = f"all {len(loaded.skipped)} records are invalid" if loaded.skipped else "it holds no records"
+        raise DataError(f"{spec}: no examples ({why})")
     task_list = resolve_tasks(spec, tasks)
     selected = select_balanced(loaded.examples, task_list, total, seed)
     train, test = train_test_split(selected, test_fraction, seed)
     names = task_list or sorted({ex.task for ex in selected})
-    return DataSplits(train=train, test=test, tasks=names, skipped=loaded.skipped)
+    splits = DataSplits(train=train, test=test, tasks=names, skipped=loaded.skipped)
+    short = [t for t, n in splits.summary().items() if n["test"] == 0 or n["train"] == 0]
+    if short:
+        counts = ", ".join(f"{t}: {sum(splits.summary()[t].values())}" for t in short[:5])
+        raise DataError(f"{spec}: task(s) with too few examples for a train and a test split ({counts} selected; "
+                        f"each task needs >= 2): add data, raise --total ({total}) or leave them out with --tasks")
+    return splits

@@ -11,16 +11,19 @@ import json
 import logging
 import tempfile
 import warnings
+from importlib import metadata
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 import torch
+import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
-from mops.errors import ModelLoadError
+from mops.errors import ConfigError, ModelLoadError
+from mops.models.fingerprint import folder_fingerprint, weights_digest
 from mops.models.registry import DEFAULT_MODEL, PACKAGED_MODELS
 from mops.paths import atomic_folder, cache_dir, mops_home
 
@@ -41,6 +44,7 @@ class BaseModel:
     name: str  # what the user asked for (short name, path or hub id)
     path: str  # the folder the weights were read from (or the hub id)
     compression: str | None = None  # e.g. "sparsegpt-85%+int8", from the folder's compression report
+    fingerprint: str | None = None  # SHA-256 of the weights read (models.fingerprint); None for an uncached hub id
 
     @property
     def identity(self) -> dict:
@@ -55,12 +59,31 @@ class BaseModel:
             "compression": self.compression,
         }
 
+    @property
+    def provenance(self) -> dict:
+        """What results record about the base: identity, where it was read from, weight fingerprint, dtype."""
+        return {**self.identity, "path": self.path, "fingerprint": self.fingerprint,
+                "dtype": str(self.model.dtype).removeprefix("torch.")}
+
 
 def resolve_device(device: str = "auto") -> torch.device:
-    """`auto` -> CUDA when available, else CPU."""
+    """`auto` -> CUDA when available, else CPU; refuses a device this torch or machine cannot use."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise ConfigError(f"--device {device!r} is not a device: use auto, cpu, cuda or cuda:N") from err
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "a CPU-only build" if torch.version.cuda is None else "no visible GPU"
+            raise ConfigError(f"--device {device}: this torch ({torch.__version__}) has {build}; use --device cpu "
+                              "or auto")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {device}: only {torch.cuda.device_count()} GPU(s) visible")
+    elif dev.type != "cpu":
+        raise ConfigError(f"--device {device!r}: mops runs on cpu or cuda")
+    return dev
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
@@ -68,7 +91,7 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if dtype not in DTYPES:
-        raise ModelLoadError(f"unknown dtype '{dtype}': use one of auto, {', '.join(DTYPES)}")
+        raise ConfigError(f"--dtype {dtype!r} is not a dtype: use one of auto, {', '.join(DTYPES)}")
     return DTYPES[dtype]
 
 
@@ -108,7 +131,10 @@ def convert_gguf(gguf_path: Path, target: Path) -> Path:
             del model.config.quantization_config
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        (tmp / SOURCE_FILE).write_text(json.dumps({"gguf": str(gguf_path), "bytes": gguf_path.stat().st_size}, indent=2))
+        source = {"gguf": str(gguf_path), "bytes": gguf_path.stat().st_size,
+                  "fingerprint": weights_digest(tmp),
+                  "versions": {"transformers": transformers.__version__, "gguf": metadata.version("gguf")}}
+        (tmp / SOURCE_FILE).write_text(json.dumps(source, indent=2))
     return target
 
 
@@ -154,11 +180,12 @@ def load_base_model(
     """
     from mops.compression import compress_model, read_compression_report, silence_bitsandbytes  # (import cycle)
 
+    dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, dev)  # setting errors before any loading (not reported as damage)
     if compression is not None:
         source = str(compress_model(name_or_path, compression, device=device).path)
     else:
         source = resolve_model_path(name_or_path)
-    dev = resolve_device(device)
     is_cache = source.startswith(str(mops_home()))
     report = read_compression_report(Path(source))
     placement: dict = {}
@@ -169,7 +196,7 @@ def load_base_model(
         try:
             tokenizer = AutoTokenizer.from_pretrained(source)
             model = AutoModelForCausalLM.from_pretrained(
-                source, dtype=resolve_dtype(dtype, dev), attn_implementation=attn_implementation, **placement
+                source, dtype=torch_dtype, attn_implementation=attn_implementation, **placement
             )
         except OSError as err:
             if Path(source).exists():
@@ -182,11 +209,27 @@ def load_base_model(
             raise _damaged(source, err, is_cache) from err
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if type(getattr(getattr(tokenizer, "backend_tokenizer", None), "model", None)).__name__ == "BPE":
+        tokenizer.clean_up_tokenization_spaces = False  # transformers ignores it for BPE, with a warning per run
     model.requires_grad_(False)
     model.eval()
     if not placement:
         model = model.to(dev)
-    return BaseModel(model=model, tokenizer=tokenizer, name=name_or_path, path=source, compression=report.get("label"))
+    return BaseModel(model=model, tokenizer=tokenizer, name=name_or_path, path=source, compression=report.get("label"),
+                     fingerprint=source_fingerprint(source))
+
+
+def source_fingerprint(source: str) -> str | None:
+    """The weights' fingerprint of a folder, or of a hub id's locally cached snapshot (None if not cached)."""
+    folder = Path(source)
+    if not folder.is_dir():
+        try:
+            from huggingface_hub import snapshot_download
+
+            folder = Path(snapshot_download(source, local_files_only=True))
+        except Exception:  # not in the local hub cache: nothing to fingerprint without downloading again
+            return None
+    return folder_fingerprint(folder)
 
 
 def _damaged(source: str, err: Exception, is_cache: bool) -> ModelLoadError:

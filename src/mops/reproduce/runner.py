@@ -6,16 +6,11 @@ store."""
 from __future__ import annotations
 
 import json
-import os
-import platform
 import sys
 from dataclasses import asdict
-from importlib import metadata
 from pathlib import Path
 
-import torch
-
-from mops import __version__
+from mops.provenance import versions
 from mops.reproduce.grid import Cell, Grid
 from mops.training.runs import RunRequest, execute
 
@@ -44,15 +39,7 @@ def cell_record(cell: Cell, per_seed: dict[int, dict]) -> dict:
         seeds[str(seed)] = entry
     first = next(iter(per_seed.values()))
     return {"name": cell.name, "key": cell.key, "settings": asdict(cell), "tasks": first["tasks"],
-            "resolved": first["settings"], "per_seed": seeds}
-
-
-def versions() -> dict:
-    """Library versions and the device the numbers come from."""
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({platform.processor() or platform.machine()})"
-    libs = {name: metadata.version(name) for name in ("transformers", "peft", "flwr")}
-    return {"mops": __version__, "torch": torch.__version__, **libs, "python": sys.version.split()[0],
-            "cpu_cores": os.cpu_count(), "device": device}
+            "resolved": first["settings"], "base": first.get("base"), "per_seed": seeds}
 
 
 def run_federated_cell(cell: Cell, folder: Path, progress: bool) -> dict[int, dict]:

@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Callable
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -67,6 +68,25 @@ def latest_checkpoint(directory: Path) -> Path | None:
 def load_checkpoint(path: Path, optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
     """Restore the optimizer and RNG; returns (adapter tensors, trainer state)."""
     state = json.loads((path / STATE).read_text())
-    optimizer.load_state_dict(_unflatten_optimizer(load_file(str(path / OPTIMIZER)), state["optimizer"]))
+    adapter, moments = load_file(str(path / ADAPTER)), load_file(str(path / OPTIMIZER))  # read all before changing
+    optimizer.load_state_dict(_unflatten_optimizer(moments, state["optimizer"]))
     torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
-    return load_file(str(path / ADAPTER)), state
+    return adapter, state
+
+
+def resume_checkpoint(
+    directory: Path, optimizer: torch.optim.Optimizer, warn: Callable[[str], None]
+) -> tuple[dict[str, torch.Tensor], dict] | None:
+    """The newest checkpoint that loads; a damaged one (truncated file, bad JSON, wrong shapes) is renamed
+    `damaged-step-N`, reported through `warn`, and the one before it is tried. None: start from step 0."""
+    while (path := latest_checkpoint(directory)) is not None:
+        try:
+            return load_checkpoint(path, optimizer)
+        except Exception as err:  # safetensors, JSON and optimizer-shape errors all mean "unusable"
+            target = path.with_name(f"damaged-{path.name}")
+            shutil.rmtree(target, ignore_errors=True)
+            os.rename(path, target)
+            previous = latest_checkpoint(directory)
+            warn(f"checkpoint {path} is damaged ({type(err).__name__}); kept as {target.name}, resuming from "
+                 f"{previous or 'the start of the stage'}")
+    return None

@@ -81,6 +81,9 @@ class TrainConfig:
         for name in ("lr", "recovery_lr", "gate_pretrain_lr", "gate_lr", "baseline_lr", "lora_lr", "ia3_lr"):
             if getattr(self, name) is not None and not getattr(self, name) > 0:
                 raise ConfigError(f"TrainConfig.{name} must be > 0, got {getattr(self, name)}")
+        if self.eval_limit_per_task is not None and self.eval_limit_per_task < 1:
+            raise ConfigError(f"TrainConfig.eval_limit_per_task must be >= 1 (or unset: the whole test split), "
+                              f"got {self.eval_limit_per_task}")
         if self.gate_balance < 0:
             raise ConfigError(f"TrainConfig.gate_balance must be >= 0, got {self.gate_balance}")
         if not 0 <= self.gate_pretrain_smoothing < 1:

@@ -34,6 +34,24 @@ class RunLogger:
                 if isinstance(value, (int, float)) and key not in ("step", "time"):
                     self.writer.add_scalar(f"{stage}/{key}", value, step)
 
+    def forget_after(self, stage: str, step: int) -> None:
+        """Drop the JSONL records of `stage` (and its evals) after `step`: a resumed stage logs them again."""
+        if not self.enabled or not self.path.is_file():
+            return
+        def stale(line: str) -> bool:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                return True  # a line cut short by a kill
+            return record.get("stage") in (stage, f"{stage}_eval") and record.get("step", 0) > step
+
+        lines = self.path.read_text().splitlines(keepends=True)
+        keep = [line for line in lines if not stale(line)]
+        if len(keep) != len(lines):
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text("".join(keep))
+            tmp.replace(self.path)
+
     def figure(self, tag: str, fig: Any, step: int) -> None:
         if self.enabled and self.writer is not None:
             self.writer.add_figure(tag, fig, step)

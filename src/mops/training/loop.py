@@ -21,8 +21,8 @@ from accelerate import Accelerator
 from mops.data.tokenization import IGNORE_INDEX, Encoded
 from mops.errors import MopsError
 from mops.evaluation.perplexity import LogitsFn, device_batch, loss_positions, token_nll
-from mops.progress import progress_bar
-from mops.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from mops.progress import console, progress_bar
+from mops.training.checkpoint import latest_checkpoint, resume_checkpoint, save_checkpoint
 from mops.training.config import TrainConfig
 from mops.training.logger import RunLogger
 from mops.training.sampler import shard, step_indices
@@ -113,11 +113,13 @@ def train_steps(
     balance = cfg.gate_balance if model.stage == "mop" and model.config.use_gate else 0.0
     optimizer = torch.optim.AdamW(param_groups, weight_decay=0.0)
     start, losses = 0, []
-    resume = latest_checkpoint(checkpoint_dir) if checkpoint_dir else None
+    resume = resume_checkpoint(checkpoint_dir, optimizer, lambda text: console.print(f"[yellow]{text}")) \
+        if checkpoint_dir else None
     if resume is not None:
-        adapter, state = load_checkpoint(resume, optimizer)
+        adapter, state = resume
         model.load_adapter_state(adapter)
         start, losses = state["step"], state["losses"]
+    rt.logger.forget_after(stage, start)  # steps after the checkpoint run (and are logged) again
     device = rt.accelerator.device
     lengths = [len(e.input_ids) for e in data] if cfg.group_by_length else None
     gate_mode = model.gate.training

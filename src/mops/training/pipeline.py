@@ -27,6 +27,8 @@ from mops.evaluation.perplexity import evaluate_perplexity
 from mops.reports.figures import gate_heatmap_figure, loss_curves, save_gate_heatmap
 from mops.reports.tables import markdown_table
 from mops.paths import atomic_folder, cache_dir
+from mops.progress import console
+from mops.provenance import versions
 from mops.training.config import TrainConfig
 from mops.training.gate_pretraining import pretrain_gate
 from mops.training.loop import Runtime, mop_param_groups, train_steps
@@ -55,6 +57,14 @@ _IRRELEVANT = {
     "ia3": _GATE_ONLY | _GATE_PRETRAIN | _NEVER | {"baseline_lr", "lora_lr", "lora_r", "lora_alpha", "lora_dropout"},
     LORA_MOPS: _NEVER | {"baseline_lr", "ia3_lr"},
 }
+
+
+KEY_FILE = "key"  # in a stage folder and its checkpoint folder: the stage key they were made under
+
+
+def _read_key(folder: Path) -> str | None:
+    file = folder / KEY_FILE
+    return file.read_text().strip() if file.is_file() else None
 
 
 def _token_digest(encoded: Sequence[Encoded]) -> str:
@@ -102,6 +112,7 @@ class Experiment:
             settings["baseline_prompt_lr"] = self.train_cfg.method_lr("baseline")
         settings = {k: v for k, v in settings.items() if k not in _IRRELEVANT[name]}
         payload = {"stage": name, "base": self.model.base.identity, "base_path": str(self.model.base.path),
+                   "fingerprint": self.model.base.fingerprint,
                    "data": self.data_digest, "max_length": self.max_length, "template": self.template,
                    "settings": settings}
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:24]
@@ -118,21 +129,38 @@ class Experiment:
 
     # ---- stages ---------------------------------------------------------------------------------------
     def cached_stage(self, name: str, run: Callable[[], dict]) -> dict:
-        """Run a stage once; afterwards load its stored adapter state and result instead."""
+        """Run a stage once; afterwards load its stored adapter state and result instead.
+
+        The run folder's stage (and its checkpoints) is reused only if its key file matches this stage's key:
+        a stage finished or interrupted under other settings is trained again, never relabelled.
+        """
+        key = self.stage_key(name)
         folder = self.run_dir / "stages" / name
-        stored = cache_dir("stages") / name / self.stage_key(name)
-        if not (folder / "result.json").is_file() and (stored / "result.json").is_file() and self.rt.is_main:
-            shutil.copytree(stored, folder, dirs_exist_ok=True)  # the same stage of an earlier run
+        checkpoints = self.run_dir / "checkpoints" / name
+        stored = cache_dir("stages") / name / key
+        if self.rt.is_main:
+            for path in (folder, checkpoints):
+                if path.is_dir() and _read_key(path) != key:
+                    if any(p.name != KEY_FILE for p in path.iterdir()):
+                        console.print(f"[yellow]{path} was made with other settings: stage {name} starts again")
+                    shutil.rmtree(path)
+            if not (folder / "result.json").is_file() and (stored / "result.json").is_file():
+                shutil.copytree(stored, folder, dirs_exist_ok=True)  # the same stage of an earlier run
+                (folder / KEY_FILE).write_text(key)
         self.rt.accelerator.wait_for_everyone()
         if (folder / "result.json").is_file():
             self.model.load_adapter_state(load_file(str(folder / "adapter.safetensors"), device=str(self.device)))
             return json.loads((folder / "result.json").read_text())
+        if self.rt.is_main:
+            checkpoints.mkdir(parents=True, exist_ok=True)
+            (checkpoints / KEY_FILE).write_text(key)
         t0 = time.perf_counter()
         result = {**run(), "seconds": round(time.perf_counter() - t0, 1)}
         if self.rt.is_main:
             folder.mkdir(parents=True, exist_ok=True)
             save_file(self.model.adapter_state(), str(folder / "adapter.safetensors"))
-            (folder / "result.json").write_text(json.dumps(result, indent=2))
+            (folder / KEY_FILE).write_text(key)
+            (folder / "result.json").write_text(json.dumps(result, indent=2))  # last: marks the stage finished
             if not stored.is_dir():
                 with atomic_folder(stored, "result.json") as tmp:
                     shutil.copytree(folder, tmp, dirs_exist_ok=True)
@@ -283,7 +311,8 @@ class Experiment:
 def run_methods(exp: Experiment, methods: Sequence[str]) -> dict:
     """Shared stages once, then each method from the same shared state. Writes results.json/.md and figures."""
     results: dict = {"tasks": exp.splits.tasks, "settings": {"mop": exp.model.config.to_dict(),
-                                                            "train": exp.train_cfg.to_dict()}}
+                                                            "train": exp.train_cfg.to_dict()},
+                     "base": exp.model.base.provenance, "versions": versions()}
     results["recovery"] = exp.recovery()
     exp.model.set_stage("recovery")
     results["input_prompts_only"] = exp.evaluate("input_prompts_only", 0)

@@ -16,24 +16,20 @@ generation; the slots always sit at positions 0..K-1.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Literal, Sequence
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from mops import __version__
 from mops.data.tokenization import IGNORE_INDEX
 from mops.errors import ConfigError, ModelLoadError
 from mops.models.loading import BaseModel
+from mops.tuners.mops.adapter_io import read_adapter, save_adapter
 from mops.tuners.mops.attention import SlotState, gated_name
 from mops.tuners.mops.config import MoPConfig
 from mops.tuners.mops.gate import Gate
 
-CONFIG_NAME = "adapter_config.json"
-WEIGHTS_NAME = "adapter_model.safetensors"
 Stage = Literal["recovery", "mop"]
 
 
@@ -356,34 +352,16 @@ class MoPModel(nn.Module):
         gate.setdefault("strength", self.gate.strength.detach())  # adapters saved before the strength existed
         self.gate.load_state_dict(gate)
 
-    # ---- adapters on disk -----------------------------------------------------------------------------
+    # ---- adapters on disk (the files and their checks: adapter_io.py) ---------------------------------
     def save_pretrained(self, directory: str | Path) -> Path:
         """adapter_config.json (settings + base identity) and adapter_model.safetensors. No pickle."""
-        path = Path(directory)
-        path.mkdir(parents=True, exist_ok=True)
-        payload = {"peft_type": "MOPS", "mops_version": __version__, "base": self.base.identity,
-                   "config": self.config.to_dict()}
-        save_file(self.adapter_state(), str(path / WEIGHTS_NAME))
-        (path / CONFIG_NAME).write_text(json.dumps(payload, indent=2) + "\n")
-        return path
+        return save_adapter(Path(directory), self.adapter_state(), self.config, self.base)
 
     @classmethod
     def from_pretrained(cls, base: BaseModel, directory: str | Path) -> "MoPModel":
-        """Load an adapter; refuses one made for a different base model (name, architecture, shape)."""
-        path = Path(directory)
-        cfg_file, weights = path / CONFIG_NAME, path / WEIGHTS_NAME
-        for file in (cfg_file, weights):
-            if not file.is_file():
-                raise ModelLoadError(f"{path} is not a MoPs adapter: {file.name} is missing")
-        try:
-            payload = json.loads(cfg_file.read_text())
-            saved_base, config = payload["base"], MoPConfig.from_dict(payload["config"])
-        except (json.JSONDecodeError, KeyError) as err:
-            raise ModelLoadError(f"{cfg_file}: not a valid MoPs adapter config ({err})") from err
-        diffs = [f"{k}: adapter {saved_base.get(k)!r} vs base {v!r}" for k, v in base.identity.items()
-                 if saved_base.get(k) != v]
-        if diffs:
-            raise ModelLoadError(f"adapter {path} was trained for another base model ({'; '.join(diffs)})")
-        model = cls(base, config)
-        model.load_adapter_state(load_file(str(weights), device=str(base.model.device)))
+        """Load an adapter; refuses one made for another base model, a damaged one and one whose config
+        disagrees with its tensors (see `read_adapter`)."""
+        files = read_adapter(Path(directory), base)
+        model = cls(base, files.config)
+        model.load_adapter_state(files.state)
         return model
