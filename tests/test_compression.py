@@ -180,6 +180,9 @@ def test_compressed_folder_reloads_and_is_cached(tiny_model_dir: Path, monkeypat
                            compression=CompressionConfig.parse("sparsegpt:0.5", **CALIB))
     assert base.compression == "sparsegpt-50%" and base.identity["compression"] == "sparsegpt-50%"
     assert sparsity_report(base.model)["overall"] == pytest.approx(first.report["sparsity"]["overall"])
+    # the report names the weights it was made from and the weights it made
+    assert base.fingerprint == first.report["fingerprint"] != first.report["base_fingerprint"]
+    assert first.report["base_fingerprint"] == load_base_model(str(tiny_model_dir), device="cpu").fingerprint
 
 
 def test_failed_compression_leaves_no_folder(tiny_model_dir: Path, monkeypatch) -> None:

@@ -17,6 +17,7 @@ from mops.data import Tokenizer, load_splits
 from mops.data.selection import first_per_task
 from mops.evaluation import base_logits_fn, evaluate_perplexity
 from mops.models import load_base_model
+from mops.provenance import versions
 from mops.tuners.mops.model import MoPModel
 from mops.tuners.mops.prefix_cache import mop_logits_fn
 from mops.reports.tables import ppl_rows, rich_table
@@ -64,7 +65,8 @@ def eval_command(
     payload = {
         "model": model, "compression": base.compression, "adapter": str(adapter) if adapter else None, "data": data, "split": split, "examples": len(encoded), "max_length": max_length,
         "template": template, "seed": seed, "load_seconds": round(load_s, 2),
-        "eval_seconds": round(time.perf_counter() - t0, 2), **report.to_dict(),
+        "eval_seconds": round(time.perf_counter() - t0, 2), "base": base.provenance, "versions": versions(),
+        **report.to_dict(),
     }
     if output:
         write_json(output, payload)

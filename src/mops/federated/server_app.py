@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from mops.federated.config import FederatedConfig
 from mops.federated.task import FROZEN_KEY, load_state, mean_loss, mop_config, problems_with, shared_setup, train_config, trainable_state
+from mops.provenance import versions
 from mops.training.loop import Runtime
 from mops.training.pipeline import Experiment
 from mops.tuners.mops.model import MoPModel
@@ -89,7 +90,8 @@ def main(grid: Grid, context: Context) -> None:
     model = MoPModel(setup.base, mop_config(cfg, setup.splits.tasks))
     rt = Runtime.create(out, progress=False)
     exp = Experiment(model, setup.splits, train_config(cfg, 0, cfg.seed), run_dir, rt, cfg.max_length)
-    results: dict = {"tasks": setup.splits.tasks, "settings": cfg.to_record(), "recovery": exp.recovery()}
+    results: dict = {"tasks": setup.splits.tasks, "settings": cfg.to_record(), "base": setup.base.provenance,
+                     "versions": versions(), "recovery": exp.recovery()}
     model.set_stage("recovery")
     results["input_prompts_only"] = exp.evaluate("input_prompts_only", 0)
     model.set_stage("mop")
