@@ -169,8 +169,11 @@ def _baseline_steps(run: Path) -> list[int]:
 
 def _interrupt_when(args: list[str], ready) -> str:
     """Start `mops <args>`, send SIGINT once `ready()` holds; returns stderr after checking exit status 130."""
+    # SIGINT as a terminal delivers it: a test suite started in the background (`pytest &`) inherits SIGINT
+    # ignored, and Python keeps an inherited SIG_IGN
     proc = subprocess.Popen([sys.executable, "-m", "mops.cli.app", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
     while not ready() and time.time() < deadline:
         time.sleep(0.2)

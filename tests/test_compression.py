@@ -11,12 +11,12 @@ import torch
 from typer.testing import CliRunner
 
 from mops.cli.app import app
-from mops.compression import CompressionConfig, compress_model, parse_pattern, read_compression_report
+from mops.compression import CompressionConfig, compress_model, load_model, parse_pattern, read_compression_report
 from mops.compression.calibration import calibration_dataset
-from mops.compression.evaluate import evaluate_compressed
+from mops.evaluation.compressed import evaluate_compressed
 from mops.compression.pruning import magnitude_prune_, prunable_linears
 from mops.compression.stats import nm_violations, sparsity_report
-from mops.errors import ConfigError
+from mops.errors import ConfigError, ModelLoadError
 from mops.models import load_base_model
 from mops.tuners.mops.config import MoPConfig
 from mops.tuners.mops.model import MoPModel
@@ -176,9 +176,11 @@ def test_compressed_folder_reloads_and_is_cached(tiny_model_dir: Path, monkeypat
     again = _compress(tiny_model_dir, "sparsegpt:0.5")
     assert again.path == first.path and again.report == first.report
 
-    base = load_base_model(str(tiny_model_dir), device="cpu",
-                           compression=CompressionConfig.parse("sparsegpt:0.5", **CALIB))
+    base = load_model(str(tiny_model_dir), CompressionConfig.parse("sparsegpt:0.5", **CALIB), device="cpu")
     assert base.compression == "sparsegpt-50%" and base.identity["compression"] == "sparsegpt-50%"
+    # the identity an adapter is checked against names the calibration, not only the label
+    assert base.name == str(tiny_model_dir)
+    assert base.identity["compression_settings"] == CompressionConfig.parse("sparsegpt:0.5", **CALIB).to_dict()
     assert sparsity_report(base.model)["overall"] == pytest.approx(first.report["sparsity"]["overall"])
     # the report names the weights it was made from and the weights it made
     assert base.fingerprint == first.report["fingerprint"] != first.report["base_fingerprint"]
@@ -226,7 +228,7 @@ def test_int8_after_pruning_keeps_the_zeros_and_reuses_the_pruned_model(tiny_mod
 
 
 def test_mops_trains_through_int8_layers_without_warnings(tiny_model_dir: Path, tiny_tokenizer, caplog) -> None:
-    base = load_base_model(str(tiny_model_dir), device="cpu", compression=CompressionConfig.parse("int8"))
+    base = load_model(str(tiny_model_dir), CompressionConfig.parse("int8"), device="cpu")
     mop = MoPModel(base, MoPConfig(num_experts=2, prompts_per_expert=2, injection_layer=2, tasks=["a", "b"]))
     params = mop.set_stage("mop")
     ids = torch.tensor([tiny_tokenizer("Summarise the text below in one line.")["input_ids"]] * 2)
@@ -279,3 +281,25 @@ def test_cli_sweep_writes_markdown_table(tiny_model_dir: Path, tmp_path: Path) -
     assert "| magnitude-50% |" in table and "| magnitude-2:4+int8 |" in table and "Uncompressed PPL" in table
     results = json.loads((tmp_path / "sweep" / "results.json").read_text())
     assert [r["label"] for r in results] == ["magnitude-50%", "magnitude-2:4+int8"]
+
+
+def test_an_adapter_knows_the_calibration_of_its_compressed_base(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Two SparseGPT bases differing only in the calibration sample: an adapter of one is refused on the other,
+    and `load_base_for` rebuilds the one it was trained on."""
+    from mops.cli.common import load_base_for
+
+    first = load_model(str(tiny_model_dir), CompressionConfig.parse("sparsegpt:0.5", **CALIB), device="cpu")
+    other = load_model(str(tiny_model_dir), CompressionConfig.parse("sparsegpt:0.5", **CALIB, calib_seed=1),
+                       device="cpu")
+    assert first.compression == other.compression  # the same label ...
+    assert first.fingerprint != other.fingerprint  # ... but other weights
+    adapter = MoPModel(first, MoPConfig(num_experts=2, prompts_per_expert=2)).save_pretrained(tmp_path / "adapter")
+    with pytest.raises(ModelLoadError, match="compression_settings"):
+        MoPModel.from_pretrained(other, adapter)
+    rebuilt = load_base_for(str(tiny_model_dir), None, adapter, device="cpu")
+    assert rebuilt.fingerprint == first.fingerprint and rebuilt.identity == first.identity
+    MoPModel.from_pretrained(rebuilt, adapter)
+    # --compress with the adapter: its calibration is kept; another pruning is refused
+    assert load_base_for(str(tiny_model_dir), "sparsegpt:0.5", adapter, device="cpu").fingerprint == first.fingerprint
+    with pytest.raises(ConfigError, match="was trained on"):
+        load_base_for(str(tiny_model_dir), "sparsegpt:0.6", adapter, device="cpu")

@@ -17,7 +17,9 @@ import torch
 
 from mops.data import load_splits
 from mops.errors import ConfigError
-from mops.federated.config import FederatedConfig, parse_faults
+from mops.federated.config import FederatedRun, FederationConfig, parse_faults
+from mops.models.config import ModelConfig
+from mops.training.config import TrainConfig
 from mops.federated.launcher import check_resumable, processes_with_env, run_federated
 from mops.federated.partition import histogram, partition_examples, skew_sizes
 from mops.federated.task import problems_with
@@ -25,8 +27,16 @@ from mops.models import load_base_model
 from mops.tuners.mops.model import MoPModel
 from tests.test_cli import run_cli
 
-TINY = dict(total=70, max_length=48, num_experts=7, prompts_per_expert=1, injection_layer=2, recovery_steps=2,
-            gate_pretrain_steps=20, gate_pretrain_examples=14, eval_limit_per_task=2, local_steps=2, batch_size=2)
+TINY = {"data": dict(total=70, max_length=48), "mop": dict(num_experts=7, prompts_per_expert=1, injection_layer=2),
+        "train": dict(recovery_steps=2, gate_pretrain_steps=20, gate_pretrain_examples=14, eval_limit_per_task=2,
+                      batch_size=2)}
+
+
+def tiny_run(output: Path, model: Path, **federation) -> FederatedRun:
+    """A federated run of the tiny model with `federation` settings (2 local steps unless given)."""
+    return FederatedRun.from_settings({**TINY, "model": {"model": str(model)},
+                                       "federation": {"local_steps": 2, **federation}},
+                                      output=str(output), method="mops")
 
 
 def flower_processes(run: str) -> list[int]:
@@ -38,14 +48,21 @@ def flower_processes(run: str) -> list[int]:
 # --- settings and partitions ------------------------------------------------------------------------------------
 
 def test_config_validation_and_round_trip() -> None:
-    cfg = FederatedConfig(num_clients=4, clients_per_round=2, lr=0.05, compress="sparsegpt:0.5")
-    assert FederatedConfig.from_record({**cfg.to_record(), "server-round": 3}) == cfg
+    cfg = FederatedRun(output="x", method="fedprompt", model=ModelConfig(compress="sparsegpt:0.5"),
+                       train=TrainConfig(lr=0.05, gate_lr=None, max_grad_norm=1.0),
+                       federation=FederationConfig(num_clients=4, clients_per_round=2))
+    record = cfg.to_record()  # Flower's run config: flat scalars under the nested names
+    assert record["train.lr"] == 0.05 and record["federation.num_clients"] == 4 and record["train.gate_lr"] == ""
+    assert all(isinstance(v, (int, float, str, bool)) for v in record.values())
+    assert FederatedRun.from_record({**record, "server-round": 3}) == cfg
     with pytest.raises(ConfigError, match="clients_per_round"):
-        FederatedConfig(num_clients=2, clients_per_round=3)
+        FederationConfig(num_clients=2, clients_per_round=3)
     with pytest.raises(ConfigError, match="method"):
-        FederatedConfig(method="fedavg")
+        FederatedRun(output="x", method="fedavg")
     with pytest.raises(ConfigError, match="partition"):
-        FederatedConfig(partition="zipf")
+        FederationConfig(partition="zipf")
+    with pytest.raises(ConfigError, match="unknown settings section"):
+        FederatedRun.from_settings({"trian": {"lr": 1.0}}, output="x", method="mops")
     assert parse_faults("1:raise, 3:nan") == {1: "raise", 3: "nan"}
     with pytest.raises(ConfigError, match="PARTITION:KIND"):
         parse_faults("1:explode")
@@ -101,15 +118,17 @@ def test_updates_with_nan_or_wrong_shapes_are_rejected() -> None:
 
 
 def test_resuming_with_other_settings_is_refused(tmp_path: Path) -> None:
-    cfg = FederatedConfig(output=str(tmp_path), num_clients=4)
-    check_resumable(tmp_path / "mops", cfg)
-    check_resumable(tmp_path / "mops", FederatedConfig(output=str(tmp_path), num_clients=4, rounds=9))  # more rounds: fine
-    with pytest.raises(ConfigError, match="num_clients: 4 -> 5"):
-        check_resumable(tmp_path / "mops", FederatedConfig(output=str(tmp_path), num_clients=5))
+    def run(**federation) -> FederatedRun:
+        return FederatedRun(output=str(tmp_path), method="mops", federation=FederationConfig(**federation))
+
+    check_resumable(tmp_path / "mops", run(num_clients=4))
+    check_resumable(tmp_path / "mops", run(num_clients=4, rounds=9))  # more rounds: fine
+    with pytest.raises(ConfigError, match="federation.num_clients: 4 -> 5"):
+        check_resumable(tmp_path / "mops", run(num_clients=5))
 
 
 def test_cli_partition_histogram() -> None:
-    out = run_cli("data", "partition", "--clients", "4", "--scheme", "skew", "--json")
+    out = run_cli("data", "partition", "--clients", "4", "--partition", "skew", "--json")
     assert out.returncode == 0, out.stderr[-2000:]
     payload = json.loads(out.stdout)
     assert len(payload["clients"]) == 4 and len(payload["tasks"]) == 7
@@ -160,8 +179,8 @@ def test_simulation_both_methods_then_resume(tmp_path: Path, tiny_model_dir: Pat
 
 
 def test_faulty_clients_are_dropped_and_the_round_completes(tmp_path: Path, tiny_model_dir: Path) -> None:
-    cfg = FederatedConfig(output=str(tmp_path / "fed"), model=str(tiny_model_dir), num_clients=5, clients_per_round=5,
-                          rounds=1, round_timeout=45, inject_faults="0:raise,1:hang,2:nan,3:shape", **TINY)
+    cfg = tiny_run(tmp_path / "fed", tiny_model_dir, num_clients=5, clients_per_round=5, rounds=1, round_timeout=45,
+                   inject_faults="0:raise,1:hang,2:nan,3:shape")
     folder = run_federated(cfg, "simulation", timeout=400)
     record = json.loads((folder / "rounds" / "round-1" / "round.json").read_text())
     assert record["clients_sampled"] == 5 and record["clients_accepted"] == 1
@@ -174,8 +193,7 @@ def test_faulty_clients_are_dropped_and_the_round_completes(tmp_path: Path, tiny
 
 def test_deployment_superlink_and_two_supernodes(tmp_path: Path, tiny_model_dir: Path) -> None:
     """Separate processes: a SuperLink and one SuperNode per client, driven by `flwr run`; all stopped after."""
-    cfg = FederatedConfig(output=str(tmp_path / "fed"), model=str(tiny_model_dir), num_clients=2, clients_per_round=2,
-                          rounds=2, **TINY)
+    cfg = tiny_run(tmp_path / "fed", tiny_model_dir, num_clients=2, clients_per_round=2, rounds=2)
     folder = run_federated(cfg, "deployment", timeout=400)
     logs = {p.name for p in (tmp_path / "fed" / "flower" / "mops").glob("*.log")}
     assert logs == {"flwr-run.log", "superlink.log", "supernode-0.log", "supernode-1.log"}
@@ -188,8 +206,7 @@ def test_deployment_superlink_and_two_supernodes(tmp_path: Path, tiny_model_dir:
 
 def test_deployment_client_that_disconnects_is_dropped(tmp_path: Path, tiny_model_dir: Path) -> None:
     """Kill one SuperNode (and its ClientApp) after round 1: round 2 completes with the other two."""
-    cfg = FederatedConfig(output=str(tmp_path / "fed"), model=str(tiny_model_dir), num_clients=3, clients_per_round=3,
-                          rounds=2, round_timeout=30, **TINY)
+    cfg = tiny_run(tmp_path / "fed", tiny_model_dir, num_clients=3, clients_per_round=3, rounds=2, round_timeout=30)
     run = threading.Thread(target=run_federated, args=(cfg, "deployment"), kwargs={"timeout": 400})
     run.start()
     first_round = tmp_path / "fed" / "mops" / "rounds" / "round-1" / "round.json"

@@ -25,9 +25,9 @@ def gate_variants(mop: MoPModel, b: dict) -> tuple[torch.Tensor, torch.Tensor, t
     mop.gate.fc2.weight.zero_()
     mop.gate.fc2.bias.zero_()
     neutral = mop(b["input_ids"], b["attention_mask"])
-    mop.config.use_gate = False
+    mop.use_gate_(False)
     plain = mop(b["input_ids"], b["attention_mask"])
-    mop.config.use_gate = True
+    mop.use_gate_(True)
     mop.gate.fc2.bias[3] = 6.0
     return neutral, plain, mop(b["input_ids"], b["attention_mask"])
 

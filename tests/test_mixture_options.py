@@ -16,11 +16,11 @@ from mops.models.loading import BaseModel
 from mops.reports.experiment_log import append_record, experiment_record
 from mops.training import Runtime, TrainConfig, train_steps
 from mops.training.gate_pretraining import pretrain_gate
-from mops.training.loop import mop_param_groups
-from mops.training.overrides import parse_overrides
+from mops.evaluation.results import Evaluation, MethodResult, RunResult
 from mops.tuners.mops.config import MoPConfig
 from mops.tuners.mops.gate import balance_loss, log_weights
 from mops.tuners.mops.model import MoPModel
+from mops.tuners.registry import METHODS
 from tests.conftest import tiny_model
 from tests.test_cli import run_cli
 from tests.test_cli_train import ARGS, step_records
@@ -57,7 +57,7 @@ def test_learned_strength_gets_gradients_and_its_own_learning_rate():
     mop = make_mop(gate_strength=0.0, learn_gate_strength=True)
     mop.set_stage("mop")
     assert mop.gate.strength.requires_grad
-    groups = mop_param_groups(mop, TrainConfig(lr=1e-2, gate_lr=1e-4), "mops")
+    groups = METHODS["mops"].param_groups(mop, TrainConfig(lr=1e-2, gate_lr=1e-4))
     assert [g["lr"] for g in groups] == [1e-2, 1e-4, 1e-2] and groups[2]["params"] == [mop.gate.strength]
     assert all(p is not mop.gate.strength for p in groups[1]["params"])
     peak_gate(mop, 1)
@@ -98,7 +98,7 @@ def _train(tokenizer, tmp_path, **cfg) -> tuple[MoPModel, list[float]]:
     data = Tokenizer(tokenizer, ["a", "b"], 64).encode_all(_examples())
     rt = Runtime.create(tmp_path, device="cpu", progress=False)
     train_cfg = TrainConfig(**{"steps": 3, "batch_size": 3, "checkpoint_every": 0, "gate_lr": 1e-2, **cfg})
-    losses = train_steps(model, "mops", mop_param_groups(model, train_cfg, "mops"), data, 3, train_cfg, rt, 0)
+    losses = train_steps(model, "mops", METHODS["mops"].param_groups(model, train_cfg), data, 3, train_cfg, rt, 0)
     return model, losses
 
 
@@ -162,15 +162,6 @@ def test_gate_init_is_seeded_and_old_adapters_load(tmp_path, tiny_tokenizer):
     assert float(b.gate.strength) == 0.25
 
 
-def test_overrides_are_typed_and_unknown_fields_named():
-    mop, train = parse_overrides(["gate_strength=0.5", "learn-gate-strength=yes", "gate_lr=none", "steps=7"])
-    assert mop == {"gate_strength": 0.5, "learn_gate_strength": True} and train == {"gate_lr": None, "steps": 7}
-    with pytest.raises(ConfigError, match="gate_strenght"):
-        parse_overrides(["gate_strenght=1"])
-    with pytest.raises(ConfigError, match="TrainConfig.steps takes int"):
-        parse_overrides(["steps=many"])
-
-
 def test_routing_stats():
     one_each = routing_stats(torch.eye(4).tolist())
     assert one_each["experts_used"] == 4 and one_each["task_expert_mi"] == pytest.approx(2.0, abs=1e-6)
@@ -187,7 +178,7 @@ def test_stage_store_shares_baseline_across_gate_variants_and_log_records_both(t
     assert out.returncode == 0, out.stderr[-3000:]
     second = tmp_path / "runs" / "half-strength"
     out = run_cli("train", "--model", str(tiny_model_dir), *ARGS, "--seeds", "0,1", "-o", str(second),
-                  "--set", "gate_strength=0.5", "--set", "gate_pretrain_smoothing=0.2",
+                  "--gate-strength", "0.5", "--gate-pretrain-smoothing", "0.2",
                   "--experiment-log", str(log), "--note", "half strength")
     assert out.returncode == 0, out.stderr[-3000:]
     for seed in (0, 1):
@@ -205,12 +196,14 @@ def test_stage_store_shares_baseline_across_gate_variants_and_log_records_both(t
     assert rec["gain_percent"]["overall"] == pytest.approx([100 * (x - y) / x for x, y in zip(base, mop)])
     index = (log / "index.md").read_text()
     assert "[half-strength](../runs/half-strength)" in index and "half strength" in index
-    bad = run_cli("train", "--model", str(tiny_model_dir), "--set", "gate_strength=strong", "-o", str(tmp_path / "x"))
-    assert bad.returncode == 2 and "MoPConfig.gate_strength takes float" in bad.stderr
+    bad = run_cli("train", "--model", str(tiny_model_dir), "--gate-strength", "strong", "-o", str(tmp_path / "x"))
+    assert bad.returncode == 2 and "--gate-strength" in bad.stderr and "not a valid float" in bad.stderr
 
 
 def test_experiment_record_of_a_baseline_only_run_replaces_by_name(tmp_path):
-    result = {"tasks": ["t"], "baseline": {"final": {"ppl": {"overall": {"ppl": 10.0}, "per_task": {"t": {"ppl": 10.0}}}}}}
+    ppl = {"overall": {"ppl": 10.0}, "per_task": {"t": {"ppl": 10.0}}}
+    result = RunResult(tasks=["t"], input_prompts_only=Evaluation(0, ppl),
+                       methods={"baseline": MethodResult(final=Evaluation(5, ppl))})
     rec = experiment_record("lr-sweep", "baseline lr 3e-2", {}, {0: result, 1: result}, tmp_path / "runs" / "x")
     assert "gain_percent" not in rec and rec["ppl"]["baseline"]["overall"] == [10.0, 10.0]
     append_record(tmp_path / "log", rec)
@@ -288,7 +281,7 @@ def test_peft_baselines_train_save_and_leave_the_base_clean(tmp_path, tiny_model
     # lora_lr / ia3_lr move LoRA / IA3 only: the prompt stages come from the store, the peft ones train again
     faster = tmp_path / "peft-lr"
     out = run_cli("train", "--model", str(tiny_model_dir), *ARGS, "--method", "baseline,lora,ia3,mops",
-                  "-o", str(faster), "--set", "lora_lr=0.05", "--set", "ia3_lr=0.1")
+                  "-o", str(faster), "--lora-lr", "0.05", "--ia3-lr", "0.1")
     assert out.returncode == 0, out.stderr[-3000:]
     assert {stage for stage, _ in step_records(faster)} == {"lora", "ia3"}
     again = json.loads((faster / "results.json").read_text())
@@ -345,4 +338,4 @@ def test_mops_on_a_frozen_lora_model(tmp_path, tiny_model_dir):
     assert results["lora_mops"]["trainable_parameters"] == experts + gate  # LoRA is not trained again
     assert results["lora_mops"]["final"]["ppl"]["overall"]["ppl"] != results["lora"]["final"]["ppl"]["overall"]["ppl"]
     bad = run_cli("train", "--model", str(tiny_model_dir), *ARGS, "--method", "lora_mops", "-o", str(tmp_path / "x"))
-    assert bad.returncode == 2 and "needs the LoRA stage first" in bad.stderr
+    assert bad.returncode == 2 and "lora_mops trains on the finished lora stage" in bad.stderr

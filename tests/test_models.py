@@ -21,6 +21,7 @@ def test_local_folder_loads_frozen_with_identity(tiny_model_dir):
     assert base.identity == {
         "base_model": str(tiny_model_dir), "architecture": "LlamaForCausalLM", "model_type": "llama",
         "num_hidden_layers": 4, "hidden_size": 64, "compression": None,
+        "compression_settings": None,
     }
     assert base.tokenizer.pad_token_id == 0
 

@@ -10,6 +10,7 @@ import pytest
 from mops.errors import ConfigError, ModelLoadError
 from mops.reproduce.experiments import EXPERIMENTS, builtin_grid
 from mops.reproduce.grid import Cell, load_grid
+from mops.training.config import TrainConfig
 from tests.conftest import save_tiny_model
 from tests.test_cli import run_cli
 
@@ -37,7 +38,7 @@ mop = {{ num_experts = 7, prompts_per_expert = 7, injection_layer = 2 }}
 def test_grid_files_are_validated(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text('experiment = "table"\n[[cells]]\nname = "a"\nmop = { gate_strenght = 1 }\n')
-    with pytest.raises(ConfigError, match="unknown mop setting.*gate_strenght"):
+    with pytest.raises(ConfigError, match="mop: .*gate_strenght"):
         load_grid(bad)
     bad.write_text('experiment = "table"\n[[cells]]\nname = "a"\ncolour = "red"\n')
     with pytest.raises(ConfigError, match=r"bad.toml: cells\[0\]: unknown key.*colour"):
@@ -56,11 +57,11 @@ def test_grid_files_are_validated(tmp_path):
 
 def test_builtin_grids_cover_the_paper():
     table2 = builtin_grid("table2")
-    assert len(table2.cells) == 14 and {c.data for c in table2.cells} == {"dolly", "sni"}
-    assert {c.compress for c in table2.cells} >= {"sparsegpt:0.9", "sparsegpt:2:4", "sparsegpt:7:8"}
+    assert len(table2.cells) == 14 and {c.data.data for c in table2.cells} == {"dolly", "sni"}
+    assert {c.model.compress for c in table2.cells} >= {"sparsegpt:0.9", "sparsegpt:2:4", "sparsegpt:7:8"}
     table4 = builtin_grid("table4", "full", model="gemma3-270m", seeds=[5])
-    assert [c.compress for c in table4.cells] == [None, "sparsegpt:0.75", "sparsegpt:0.85", "sparsegpt:0.9"]
-    assert all(c.methods == ["baseline", "mops", "lora", "ia3"] and c.model == "gemma3-270m" and c.seeds == [5]
+    assert [c.model.compress for c in table4.cells] == [None, "sparsegpt:0.75", "sparsegpt:0.85", "sparsegpt:0.9"]
+    assert all(c.methods == ["baseline", "mops", "lora", "ia3"] and c.model.model == "gemma3-270m" and c.seeds == [5]
                for c in table4.cells)
     assert table4.cells[0].train["steps"] > builtin_grid("table4").cells[0].train["steps"]
     assert [c.mop["injection_layer"] for c in builtin_grid("fig3").cells] == [3, 10, 20]
@@ -134,16 +135,20 @@ def test_federated_grids_are_validated():
     assert (full["num_clients"], full["clients_per_round"], full["local_steps"]) == (100, 10, 250)  # the paper's
     table5 = builtin_grid("table5", "full")
     assert [c.federated["num_clients"] for c in table5.cells] == [10] * 4
-    assert {c.compress for c in table5.cells} == {"int8", "sparsegpt:0.75+int8", "sparsegpt:0.85+int8",
+    assert {c.model.compress for c in table5.cells} == {"int8", "sparsegpt:0.75+int8", "sparsegpt:0.85+int8",
                                                   "sparsegpt:0.9+int8"}
-    cfg = table3.cells[0].federated_config("mops", 2, Path("x"))
-    assert cfg.seed == 2 and cfg.data == "dolly" and cfg.compress == "sparsegpt:0.9" and cfg.method == "mops"
-    with pytest.raises(ConfigError, match="unknown federated setting.*num_clientz"):
+    cfg = table3.cells[0].federated_run("mops", 2, Path("x"))
+    assert cfg.seed == 2 and cfg.data.data == "dolly" and cfg.model.compress == "sparsegpt:0.9" and cfg.method == "mops"
+    # federated and centralised cells of one size train alike (P^1 recovery at the same rate), clients at batch 4
+    central = builtin_grid("table2").cells[0]
+    assert cfg.train == TrainConfig(**{**central.train, "batch_size": 4})
+    assert cfg.train.recovery_lr == central.train["recovery_lr"] == 1e-2
+    with pytest.raises(ConfigError, match="federated: .*num_clientz"):
         Cell(name="a", methods=["mops"], federated={"num_clientz": 3})
     with pytest.raises(ConfigError, match="federated methods are mops, fedprompt, got \\['lora'\\]"):
         Cell(name="a", methods=["lora"], federated={})
-    with pytest.raises(ConfigError, match="takes its settings in `federated`"):
-        Cell(name="a", methods=["mops"], federated={}, train={"steps": 3})
+    with pytest.raises(ConfigError, match="train: .*TrainConfig.steps must be >= 0"):
+        Cell(name="a", methods=["mops"], federated={}, train={"steps": -3})
     with pytest.raises(ConfigError, match="cell 'a': federated: clients_per_round \\(5\\) > num_clients \\(3\\)"):
         Cell(name="a", methods=["mops"], federated={"num_clients": 3, "clients_per_round": 5})
     # a federated cell's key differs from the centralised cell of the same settings; centralised keys are stable
@@ -161,9 +166,10 @@ base:
   max_length: 48
   seeds: [0]
   methods: [fedprompt, mops]
-  federated: {{num_clients: 3, clients_per_round: 2, rounds: 2, local_steps: 2, batch_size: 2, prompts_per_expert: 1,
-               injection_layer: 2, recovery_steps: 2, gate_pretrain_steps: 10, gate_pretrain_examples: 14,
-               eval_limit_per_task: 2}}
+  federated: {{num_clients: 3, clients_per_round: 2, rounds: 2, local_steps: 2}}
+  mop: {{prompts_per_expert: 1, injection_layer: 2}}
+  train: {{batch_size: 2, recovery_steps: 2, gate_pretrain_steps: 10, gate_pretrain_examples: 14,
+          eval_limit_per_task: 2}}
 cells:
   - name: fed
 """)

@@ -1,4 +1,4 @@
-"""Options and helpers shared by the CLI commands."""
+"""Helpers shared by the CLI commands (their settings' options come from the configs: `cli/options.py`)."""
 
 from __future__ import annotations
 
@@ -8,24 +8,38 @@ from pathlib import Path
 from typing import Any
 
 import typer
+
+from mops.errors import ConfigError
 from mops.progress import console  # re-exported: every command prints through it
 
-ModelOpt = typer.Option("smollm2-135m", "--model", "-m", help="Short name (smollm2-135m, gemma3-270m), model folder, .gguf file or hub id.")
-DataOpt = typer.Option("dolly", "--data", "-d", help="dolly / sni (bundled), a .jsonl/.json file or folder, or a HF dataset id.")
-TasksOpt = typer.Option(None, "--tasks", help="Comma-separated task names, or 'dolly'/'sni' for the paper's 7 (default: the paper's for bundled data, else all).")
-TotalOpt = typer.Option(5000, "--total", min=1, help="Examples selected before the train/test split (paper: 5000).")
-SeedOpt = typer.Option(0, "--seed", help="Seed for selection, split and training.")
-MaxLenOpt = typer.Option(256, "--max-length", min=16, help="Tokens per example (prompt + response); context is truncated first.")
-TemplateOpt = typer.Option("plain", "--template", help="Prompt template: plain or chat (the tokenizer's chat template).")
-DtypeOpt = typer.Option("auto", "--dtype", help="auto (fp32 on CPU, bf16 on GPU), float32, bfloat16, float16.")
-DeviceOpt = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 ...")
-SkipOpt = typer.Option(False, "--skip-invalid", help="Skip (and count) bad records instead of stopping.")
 JsonOpt = typer.Option(False, "--json", help="Print the results as JSON on stdout.")
-CompressOpt = typer.Option(
-    None, "--compress",
-    help="Compress the base first (cached; calibrated on this run's train split): sparsegpt:0.85, "
-         "magnitude:2:4 (N pruned of every M), wanda:0.5+int8, int8 ... See `mops compress`.",
-)
+
+
+def load_base_for(model: str, compress: str | None, adapter: Path | None, data: str = "dolly", seed: int = 0,
+                  dtype: str = "auto", device: str = "auto"):
+    """The base to score or generate with: with an adapter trained on a compressed base, that same base (its
+    pruning and calibration data, samples, length and seed, rebuilt or read from the cache), or an error when
+    `--compress` asks for another one; otherwise `model` compressed as `--compress` says."""
+    from mops.compression.config import CompressionConfig, compression_from
+    from mops.compression.load import load_model
+    from mops.models.report import compression_settings
+    from mops.tuners.mops.adapter_io import saved_base_identity
+
+    wanted = compression_from(compress, data, seed)
+    saved = saved_base_identity(adapter).get("compression_settings") if adapter is not None else None
+    if saved:
+        trained = CompressionConfig(**saved)
+        if compress is None:
+            console.print(f"[dim]adapter {adapter} was trained on {model} compressed as {trained.spec} "
+                          f"(calibration {trained.key}): using that base")
+            wanted = trained
+        else:
+            calibration = {k: v for k, v in saved.items() if k.startswith("calib_")}
+            wanted = CompressionConfig.parse(compress, **calibration)
+            if compression_settings({"config": wanted.to_dict()}) != saved:
+                raise ConfigError(f"--compress {compress}: adapter {adapter} was trained on {model} compressed as "
+                                  f"{trained.spec} ({trained.key}); leave --compress out to use that base")
+    return load_model(model, wanted, dtype=dtype, device=device)
 
 
 def emit_json(payload: Any) -> None:

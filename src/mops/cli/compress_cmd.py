@@ -7,19 +7,21 @@ from typing import Optional
 
 import typer
 
-from mops.cli.common import DeviceOpt, JsonOpt, MaxLenOpt, ModelOpt, console, emit_json, write_json
+from mops.cli.common import JsonOpt, console, emit_json, write_json
+from mops.cli.options import Section, config_command
 from mops.compression import CompressionConfig, compress_model
-from mops.compression.evaluate import evaluate_compressed
+from mops.evaluation.compressed import evaluate_compressed
+from mops.data.config import DataConfig
+from mops.models.config import ModelConfig
 from mops.reports.tables import markdown_table, rich_table
 
 # The paper's pruning settings (unstructured 75/85/90%, N:M = N pruned of every M) and int8 combinations.
 PAPER_PRUNING = ("0.75", "0.85", "0.9", "2:4", "4:8", "3:4", "7:8")
 PAPER_INT8 = ("int8", "sparsegpt:0.75+int8", "sparsegpt:0.85+int8", "sparsegpt:0.9+int8")
 
-CalibDataOpt = typer.Option("dolly", "--calib-data", help="Data whose TRAIN split calibrates SparseGPT/Wanda.")
-CalibSamplesOpt = typer.Option(128, "--calib-samples", help="Calibration sequences.")
-CalibLengthOpt = typer.Option(256, "--calib-length", help="Tokens per calibration sequence.")
-CalibSeedOpt = typer.Option(0, "--calib-seed", help="Seed of the split and the calibration sample.")
+CALIBRATION = ("calib_data", "calib_samples", "calib_length", "calib_seed")
+MODEL = Section.only("model", ModelConfig, "model", "device")
+EVAL_DATA = Section.only("data", DataConfig, "max_length")  # of the before/after test-split scoring
 EvalLimitOpt = typer.Option(None, "--eval-limit-per-task", help="Score at most this many test examples per task (default: all).")
 BatchOpt = typer.Option(8, "--batch-size", "-b", help="Evaluation batch size.")
 
@@ -44,29 +46,20 @@ def _run(model: str, cfg: CompressionConfig, evaluate: bool, eval_data: str, lim
     return {**compressed.report, "path": str(compressed.path)}, ppl
 
 
+@config_command(MODEL, Section("compression", CompressionConfig), EVAL_DATA)
 def compress_command(
-    model: str = ModelOpt,
-    prune: str = typer.Option("none", "--prune", help="none, sparsegpt, wanda or magnitude."),
-    ratio: Optional[float] = typer.Option(None, "--ratio", help="Unstructured sparsity in (0, 1), e.g. 0.85."),
-    pattern: Optional[str] = typer.Option(None, "--pattern", help="N:M: N weights pruned out of every M (2:4, 4:8, 3:4, 7:8)."),
-    int8: bool = typer.Option(False, "--int8", help="LLM.int8() after pruning (bitsandbytes)."),
-    calib_data: str = CalibDataOpt,
-    calib_samples: int = CalibSamplesOpt,
-    calib_length: int = CalibLengthOpt,
-    calib_seed: int = CalibSeedOpt,
+    settings: dict,
     evaluate: bool = typer.Option(True, "--eval/--no-eval", help="Test-split PPL before and after."),
     eval_limit: Optional[int] = EvalLimitOpt,
-    max_length: int = MaxLenOpt,
     batch_size: int = BatchOpt,
-    device: str = DeviceOpt,
     force: bool = typer.Option(False, "--force", help="Rebuild even if this setting is cached."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Also write the report JSON here."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Prune and/or int8-quantize a base model into a cached model folder, and report what it did."""
-    cfg = CompressionConfig(prune=prune, ratio=ratio, pattern=pattern, int8=int8, calib_data=calib_data,
-                            calib_samples=calib_samples, calib_length=calib_length, calib_seed=calib_seed)
-    report, ppl = _run(model, cfg, evaluate, calib_data, eval_limit, max_length, batch_size, device, force,
+    cfg = CompressionConfig(**settings["compression"])
+    model, device, max_length = settings["model"]["model"], settings["model"]["device"], settings["data"]["max_length"]
+    report, ppl = _run(model, cfg, evaluate, cfg.calib_data, eval_limit, max_length, batch_size, device, force,
                        not as_json)
     payload = {**report, "eval": ppl}
     if output:
@@ -86,36 +79,32 @@ def paper_settings(methods: list[str], with_int8: bool) -> list[str]:
     return settings + (list(PAPER_INT8) if with_int8 else [])
 
 
+@config_command(MODEL, Section.only("compression", CompressionConfig, *CALIBRATION), EVAL_DATA)
 def sweep_command(
-    model: str = ModelOpt,
+    settings: dict,
     methods: str = typer.Option("sparsegpt,magnitude", "--methods", help="Pruning methods, comma-separated."),
-    settings: Optional[str] = typer.Option(None, "--settings", help="Instead of the paper's: comma-separated short forms, e.g. sparsegpt:0.5,wanda:2:4+int8,int8."),
+    short_forms: Optional[str] = typer.Option(None, "--settings", help="Instead of the paper's: comma-separated short forms, e.g. sparsegpt:0.5,wanda:2:4+int8,int8."),
     with_int8: bool = typer.Option(True, "--int8/--no-int8", help="Add int8 and int8 + SparseGPT 75/85/90%."),
-    calib_data: str = CalibDataOpt,
-    calib_samples: int = CalibSamplesOpt,
-    calib_length: int = CalibLengthOpt,
-    calib_seed: int = CalibSeedOpt,
     eval_limit: Optional[int] = EvalLimitOpt,
-    max_length: int = MaxLenOpt,
     batch_size: int = BatchOpt,
-    device: str = DeviceOpt,
     output: Path = typer.Option(Path("results/compression"), "--output", "-o", help="Folder for table.md and JSON."),
 ) -> None:
     """Compress with each setting (cached), score test PPL before/after, write table.md + results.json."""
-    names = settings.split(",") if settings else paper_settings([m for m in methods.split(",") if m], with_int8)
-    calib = dict(calib_data=calib_data, calib_samples=calib_samples, calib_length=calib_length, calib_seed=calib_seed)
+    names = short_forms.split(",") if short_forms else paper_settings([m for m in methods.split(",") if m], with_int8)
+    calib = settings["compression"]
+    model, device, max_length = settings["model"]["model"], settings["model"]["device"], settings["data"]["max_length"]
     configs = [CompressionConfig.parse(n.strip(), **calib) for n in names]  # all checked before any work
     output.mkdir(parents=True, exist_ok=True)
     results, rows = [], []
     for cfg in configs:
         console.print(f"[bold]{cfg.label}[/bold]")
-        report, ppl = _run(model, cfg, True, calib_data, eval_limit, max_length, batch_size, device, False, True)
+        report, ppl = _run(model, cfg, True, cfg.calib_data, eval_limit, max_length, batch_size, device, False, True)
         report["sparsity"] = {k: v for k, v in report["sparsity"].items() if k != "matrices"}  # keep JSON short
         results.append({**report, "eval": ppl})
         rows.append(_row(report, ppl))
         write_json(output / "results.json", results)  # after every setting: an interrupted sweep keeps its rows
     reference = results[0]["eval"]["before"] if results else None
-    title = (f"# {model}: compression on {calib_data} (test split, "
+    title = (f"# {model}: compression on {calib['calib_data']} (test split, "
              f"{'all' if eval_limit is None else eval_limit} examples per task, max length {max_length})\n\n")
     if reference:
         title += f"Uncompressed PPL: {reference['overall']['ppl']:.2f} ({reference['examples']} examples).\n\n"

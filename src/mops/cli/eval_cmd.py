@@ -8,52 +8,44 @@ from typing import Optional
 
 import typer
 
-from mops.cli.common import (
-    CompressOpt, DataOpt, DeviceOpt, DtypeOpt, JsonOpt, MaxLenOpt, ModelOpt, SeedOpt, SkipOpt, TasksOpt, TemplateOpt,
-    TotalOpt, console, emit_json, write_json,
-)
-from mops.compression.config import compression_from
+from mops.cli.common import JsonOpt, console, emit_json, load_base_for, write_json
+from mops.cli.options import Section, config_command
 from mops.data import Tokenizer, load_splits
+from mops.data.config import DataConfig
 from mops.data.selection import first_per_task
 from mops.evaluation import base_logits_fn, evaluate_perplexity
-from mops.models import load_base_model
+from mops.models.config import ModelConfig
 from mops.provenance import versions
+from mops.reports.tables import ppl_rows, rich_table
 from mops.tuners.mops.model import MoPModel
 from mops.tuners.mops.prefix_cache import mop_logits_fn
-from mops.reports.tables import ppl_rows, rich_table
 
 
+@config_command(Section("model", ModelConfig), Section("data", DataConfig))
 def eval_command(
-    model: str = ModelOpt,
+    settings: dict,
     adapter: Optional[Path] = typer.Option(None, "--adapter", "-a", help="Score base + this MoPs adapter folder."),
-    compress: Optional[str] = CompressOpt,
-    data: str = DataOpt,
-    tasks: Optional[str] = TasksOpt,
-    total: int = TotalOpt,
     split: str = typer.Option("test", "--split", help="test or train."),
     limit_per_task: Optional[int] = typer.Option(None, "--limit-per-task", min=1,
                                                  help="Score at most this many examples per task."),
     batch_size: int = typer.Option(8, "--batch-size", "-b", min=1),
-    max_length: int = MaxLenOpt,
-    template: str = TemplateOpt,
-    dtype: str = DtypeOpt,
-    device: str = DeviceOpt,
-    seed: int = SeedOpt,
-    skip_invalid: bool = SkipOpt,
+    seed: int = typer.Option(0, "--seed", help="Seed of the selection and split (and of a compressed base's "
+                                               "calibration sample)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Also write the results JSON here."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Perplexity on response tokens, per task and overall (of the base model, or base + --adapter)."""
     if split not in ("test", "train"):
         raise typer.BadParameter("use test or train", param_hint="--split")
-    splits = load_splits(data, tasks, total, seed=seed, skip_invalid=skip_invalid)
+    m, d = ModelConfig(**settings["model"]), DataConfig(**settings["data"])
+    splits = load_splits(d.data, d.tasks, d.total, seed=seed, skip_invalid=d.skip_invalid)
     examples = splits.test if split == "test" else splits.train
     if limit_per_task is not None:
         examples = first_per_task(examples, limit_per_task)
     t0 = time.perf_counter()
-    base = load_base_model(model, dtype=dtype, device=device, compression=compression_from(compress, data, seed))
+    base = load_base_for(m.model, m.compress, adapter, d.data, seed, dtype=m.dtype, device=m.device)
     load_s = time.perf_counter() - t0
-    encoded = Tokenizer(base.tokenizer, splits.tasks, max_length, template).encode_all(examples)
+    encoded = Tokenizer(base.tokenizer, splits.tasks, d.max_length, d.template).encode_all(examples)
     logits_fn = base_logits_fn(base.model)
     if adapter is not None:
         logits_fn = mop_logits_fn(MoPModel.from_pretrained(base, adapter))
@@ -63,8 +55,8 @@ def eval_command(
         progress=not as_json,
     )
     payload = {
-        "model": model, "compression": base.compression, "adapter": str(adapter) if adapter else None, "data": data, "split": split, "examples": len(encoded), "max_length": max_length,
-        "template": template, "seed": seed, "load_seconds": round(load_s, 2),
+        **m.to_dict(), **d.to_dict(), "compression": base.compression, "adapter": str(adapter) if adapter else None,
+        "split": split, "examples": len(encoded), "seed": seed, "load_seconds": round(load_s, 2),
         "eval_seconds": round(time.perf_counter() - t0, 2), "base": base.provenance, "versions": versions(),
         **report.to_dict(),
     }
@@ -73,4 +65,4 @@ def eval_command(
     if as_json:
         emit_json(payload)
     else:
-        console.print(rich_table(f"{model} on {data} ({split})", ["task", "tokens", "NLL", "PPL"], ppl_rows(payload)))
+        console.print(rich_table(f"{m.model} on {d.data} ({split})", ["task", "tokens", "NLL", "PPL"], ppl_rows(payload)))

@@ -7,29 +7,28 @@ from typing import Optional
 
 import typer
 
-from mops.cli.common import CompressOpt, DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, TemplateOpt, console, emit_json
-from mops.compression.config import compression_from
+from mops.cli.common import JsonOpt, console, emit_json, load_base_for
+from mops.cli.options import Section, config_command
+from mops.data.config import DataConfig
 from mops.errors import ConfigError
+from mops.models.config import ModelConfig
 
 
+@config_command(Section("model", ModelConfig), Section.only("data", DataConfig, "template"))
 def generate_command(
+    settings: dict,
     instruction: list[str] = typer.Argument(..., help="One or more instructions (batched, left-padded)."),
     adapter: Optional[Path] = typer.Option(None, "--adapter", "-a", help="MoPs adapter folder (save_pretrained)."),
-    model: str = ModelOpt,
-    compress: Optional[str] = CompressOpt,
     input_text: str = typer.Option("", "--input", help="Optional input/context for every instruction."),
     max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1),
-    template: str = TemplateOpt,
-    dtype: str = DtypeOpt,
-    device: str = DeviceOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    """Greedy generation; with --adapter the MoPs experts and gate apply."""
+    """Greedy generation; with --adapter the MoPs experts and gate apply (on the base it was trained on)."""
     from mops.data import Example, Tokenizer, collate
-    from mops.models import load_base_model
     from mops.tuners.mops.model import MoPModel
 
-    base = load_base_model(model, dtype=dtype, device=device, compression=compression_from(compress))
+    m, template = ModelConfig(**settings["model"]), DataConfig(**settings["data"]).template
+    base = load_base_for(m.model, m.compress, adapter, dtype=m.dtype, device=m.device)
     mop = MoPModel.from_pretrained(base, adapter) if adapter is not None else None
     slots = mop.config.num_slots if mop is not None else 0
     context = getattr(base.model.config, "max_position_embeddings", None) or 2048

@@ -7,18 +7,21 @@ from typing import Optional
 
 import typer
 
-from mops.cli.common import ModelOpt, console
+from mops.cli.common import console
+from mops.cli.options import Section, config_command
 from mops.cli.train_cmd import parse_seeds
 from mops.errors import ConfigError
+from mops.models.config import ModelConfig
 
 
+@config_command(Section.only("model", ModelConfig, "model"))
 def reproduce_command(
+    settings: dict,
     experiment: str = typer.Argument(..., help="table2, table3, table4, table5, table6, table8, fig3, fig4, gating, or 'grid' with --grid."),
     grid_file: Optional[Path] = typer.Option(None, "--grid", help="A TOML/YAML grid file (see the README)."),
     size: str = typer.Option("quick", "--size", help="quick (CPU: minutes per cell) or full (GPU sizes)."),
     full: bool = typer.Option(False, "--full", help="Same as --size full."),
     quick: bool = typer.Option(False, "--quick", help="Same as --size quick (the default)."),
-    model: str = ModelOpt,
     seeds: Optional[str] = typer.Option(None, "--seeds", help="Seeds of every cell (default 0,1,2)."),
     only: Optional[str] = typer.Option(None, "--only", help="Comma-separated cell names to run (the rest is skipped)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Results folder (default results/reproduce/<experiment>)."),
@@ -28,7 +31,7 @@ def reproduce_command(
     grid resumes) and write results.md, results.json (every number, settings, versions) and PNG figures."""
     from mops.reproduce.experiments import builtin_grid
     from mops.reproduce.grid import load_grid
-    from mops.reproduce.report import write_reports
+    from mops.reports.grid_report import write_reports
     from mops.reproduce.runner import run_grid
 
     if full and quick:
@@ -42,7 +45,7 @@ def reproduce_command(
             for cell in grid.cells:
                 cell.seeds = parse_seeds(seeds)
     else:
-        grid = builtin_grid(experiment, size, model, parse_seeds(seeds) if seeds else None)
+        grid = builtin_grid(experiment, size, settings["model"]["model"], parse_seeds(seeds) if seeds else None)
     if only:
         wanted = [n.strip() for n in only.split(",") if n.strip()]
         missing = sorted(set(wanted) - {c.name for c in grid.cells})
@@ -51,7 +54,7 @@ def reproduce_command(
         grid.cells = [c for c in grid.cells if c.name in wanted]
     if list_cells:
         for cell in grid.cells:
-            console.print(f"{cell.name}: {cell.model} {cell.data} {cell.compress or 'uncompressed'} "
+            console.print(f"{cell.name}: {cell.model.model} {cell.data.data} {cell.model.compress or 'uncompressed'} "
                           f"{','.join(cell.methods)} seeds {cell.seeds} key {cell.key}", highlight=False)
         return
     out = output or Path("results/reproduce") / (grid_file.stem if experiment == "grid" else experiment)

@@ -22,7 +22,7 @@ from mops.compression.calibration import calibration_dataset
 from mops.compression.config import CompressionConfig
 from mops.compression.pruning import prune_model
 from mops.compression.quantization import quantize_int8_folder
-from mops.compression.report import REPORT_FILE, read_compression_report, write_compression_report
+from mops.models.report import REPORT_FILE, read_compression_report, write_compression_report
 from mops.compression.stats import folder_bytes, sparsity_report
 from mops.models.fingerprint import weights_digest
 from mops.models.loading import (

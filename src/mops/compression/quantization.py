@@ -8,22 +8,12 @@ their inputs, so prompts injected below or between them train.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-# bitsandbytes logs a warning on EVERY int8 matmul with float32 inputs ("inputs will be cast ... to
-# float16"), and one at import on CPUs without the optional `kernels` package (4-bit only).
-_NOISY_LOGGERS = ("bitsandbytes.autograd._functions", "bitsandbytes.backends.cpu.ops")
-
-
-def silence_bitsandbytes() -> None:
-    """Keep bitsandbytes' per-call and import-time warnings off the console (errors still show)."""
-    for name in _NOISY_LOGGERS:
-        logging.getLogger(name).setLevel(logging.ERROR)
-
+from mops.models.loading import silence_bitsandbytes
 
 def int8_config() -> BitsAndBytesConfig:
     """LLM.int8() with the paper's outlier threshold (6.0); the LM head is kept in float by transformers."""

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
 from mops.data.batching import collate, length_sorted_batches
 from mops.data.tokenization import IGNORE_INDEX, Encoded
+from mops.models.logits import LogitsFn
 from mops.progress import progress_bar
 
-# (batch, positions (P,)) -> logits (B, P, V) at those token positions only. The batch is `collate`'s dict on
-# the device plus "index": the examples' indices in the scored sequence (for cached activations).
-LogitsFn = Callable[[dict, torch.Tensor], torch.Tensor]
 
 
 def loss_positions(labels: torch.Tensor) -> torch.Tensor:
@@ -111,10 +109,3 @@ def evaluate_perplexity(
                 score.tokens += c
             advance()
     return report
-
-
-def base_logits_fn(model: torch.nn.Module) -> LogitsFn:
-    """The plain model as a `LogitsFn` (LM head only at `positions`)."""
-    return lambda b, positions: model(
-        input_ids=b["input_ids"], attention_mask=b["attention_mask"], logits_to_keep=positions
-    ).logits

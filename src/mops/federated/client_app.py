@@ -1,6 +1,6 @@
 """Flower ClientApp: train the global experts (+ gate) on this client's partition for `local_steps` steps.
 
-Each training message carries the settings (a `ConfigRecord` made by `FederatedConfig.to_record`), the global
+Each training message carries the settings (a `ConfigRecord` made by `FederatedRun.to_record`), the global
 trainable arrays (``arrays``) and the frozen input prompts P^1 (``frozen``). The reply carries the updated
 arrays and ``num-examples`` (the FedAvg weight). The partition id comes from the node config
 (``partition-id``: set by the simulation engine, or by `flower-supernode --node-config` when deployed).
@@ -17,22 +17,23 @@ from accelerate import Accelerator
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from mops.federated.config import FederatedConfig, parse_faults
-from mops.federated.task import FROZEN_KEY, load_state, mean_loss, mop_config, shared_setup, train_config, trainable_state
+from mops.federated.config import FederatedRun, parse_faults
+from mops.federated.task import FROZEN_KEY, load_state, mean_loss, shared_setup, trainable_state
 from mops.training.logger import RunLogger
-from mops.training.loop import Runtime, mop_param_groups, train_steps
+from mops.training.loop import Runtime, train_steps
 from mops.tuners.mops.model import MoPModel
 from mops.tuners.mops.prefix_cache import mop_logits_fn, open_prefix_cache
+from mops.tuners.registry import METHODS
 
 app = ClientApp()
 
 
-def _before_training(kind: str | None, cfg: FederatedConfig) -> None:
+def _before_training(kind: str | None, cfg: FederatedRun) -> None:
     """Fault tests (`inject_faults`): a client that crashes, or one that never answers in time."""
     if kind == "raise":
         raise RuntimeError("injected fault: this client raises")
     if kind == "hang":
-        time.sleep(cfg.round_timeout + 30)
+        time.sleep(cfg.federation.round_timeout + 30)
 
 
 def _corrupt(kind: str | None, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -45,16 +46,16 @@ def _corrupt(kind: str | None, state: dict[str, torch.Tensor]) -> dict[str, torc
     return state
 
 
-def local_train(cfg: FederatedConfig, pid: int, server_round: int, trainable: dict[str, torch.Tensor],
+def local_train(cfg: FederatedRun, pid: int, server_round: int, trainable: dict[str, torch.Tensor],
                 frozen: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """Train the global arrays on partition `pid`; returns the new arrays and metrics."""
     setup = shared_setup(cfg)
     data = setup.encoded_partition(pid)
-    model = MoPModel(setup.base, mop_config(cfg, setup.splits.tasks))
+    model = MoPModel(setup.base, cfg.mop_config(setup.splits.tasks))
     model.set_stage("mop")
     load_state(model, trainable, frozen)
-    tcfg = train_config(cfg, cfg.local_steps, seed=cfg.seed * 100_003 + server_round * 1009 + pid)
-    groups = mop_param_groups(model, tcfg, "mops")
+    tcfg = cfg.train_config(cfg.federation.local_steps, seed=cfg.seed * 100_003 + server_round * 1009 + pid)
+    groups = METHODS[cfg.method].param_groups(model, tcfg)
     rt = Runtime(Accelerator(cpu=not torch.cuda.is_available()), RunLogger(Path("."), enabled=False), progress=False)
     pad_id = setup.base.tokenizer.pad_token_id
     cache = open_prefix_cache(model, data, pad_id, tcfg.cache_dtype)
@@ -68,12 +69,12 @@ def local_train(cfg: FederatedConfig, pid: int, server_round: int, trainable: di
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    cfg = FederatedConfig.from_record(msg.content["config"])
+    cfg = FederatedRun.from_record(msg.content["config"])
     pid = int(context.node_config["partition-id"])
     server_round = int(msg.content["config"]["server-round"])
     trainable = msg.content["arrays"].to_torch_state_dict()
     frozen = msg.content["frozen"].to_torch_state_dict()[FROZEN_KEY]
-    fault = parse_faults(cfg.inject_faults).get(pid)
+    fault = parse_faults(cfg.federation.inject_faults).get(pid)
     _before_training(fault, cfg)
     state, metrics = local_train(cfg, pid, server_round, trainable, frozen)
     state = _corrupt(fault, state)

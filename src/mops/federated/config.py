@@ -1,19 +1,40 @@
-"""`FederatedConfig`: one federated run (MoPs or FedPrompt), validated; travels as a Flower run config.
+"""Settings of a federated run: `FederationConfig` holds what only federation has (clients, rounds, partition,
+timeouts); `FederatedRun` nests it with the same ModelConfig, DataConfig, MoPConfig and TrainConfig a centralised
+run uses, so both train alike by construction.
 
-Flower run configs and `ConfigRecord`s hold flat scalars, so every field is an int, float, bool or str
-(``""`` stands for "not set"). The server reads it from `context.run_config` and sends it to the clients
+The Flower run config is the flattened nested config (`flwr.common.config.flatten_dict`: keys such as
+``train.lr``, ``federation.num_clients``). Flower configs hold scalars only, so None travels as ``""`` and
+restores from each field's type. The server reads it from `context.run_config` and sends it to the clients
 inside every training message, so a client needs no configuration of its own besides its partition id.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
 
+from flwr.common.config import flatten_dict, unflatten_dict
+
+from mops.data.config import DataConfig
 from mops.errors import ConfigError
+from mops.models.config import ModelConfig
+from mops.training.config import TrainConfig
+from mops.tuners.mops.config import MoPConfig
+from mops.tuners.registry import FEDERATED, METHODS
 
-FED_METHODS = ("mops", "fedprompt")
 PARTITIONS = ("skew", "iid", "dirichlet")
 FAULTS = ("raise", "hang", "nan", "shape")
+# TrainConfig fields a federated run does not read: its steps are `local_steps` per round, it evaluates and
+# checkpoints once per round, and its methods attach no peft adapter.
+NOT_FEDERATED = frozenset({"steps", "eval_every", "checkpoint_every", "lora_lr", "ia3_lr", "lora_r", "lora_alpha",
+                           "lora_dropout", "peft_targets"})
+# `mops federate` at CPU size (the paper's setup is 100 clients, 10 per round, 250 local steps at batch 1).
+# Stages and rates as `mops demo` runs them.
+CPU_PRESET = {"data": {"max_length": 128},
+              "train": {"batch_size": 4, "recovery_steps": 5, "recovery_lr": 1e-2, "gate_pretrain_steps": 200,
+                        "gate_pretrain_examples": 140, "eval_limit_per_task": 10}}
 
 
 def parse_faults(text: str) -> dict[int, str]:
@@ -28,49 +49,29 @@ def parse_faults(text: str) -> dict[int, str]:
 
 
 @dataclass
-class FederatedConfig:
-    """Settings of a federated run. Defaults: a CPU-sized run of the paper's setup (which is 100 clients,
-    10 per round, 250 local steps, lr 1e-3, batch 1)."""
+class FederationConfig:
+    """What only a federated run has. Defaults: a CPU-sized federation (paper: 100 clients, 10 per round, 250
+    local steps)."""
 
-    output: str = field(default="runs/federated", metadata={"help": "Run folder (absolute path when deployed)."})
-    method: str = field(default="mops", metadata={"help": "mops (experts + gate) or fedprompt (prompts only)."})
-    model: str = field(default="smollm2-135m", metadata={"help": "Base model (short name, folder, hub id)."})
-    compress: str = field(default="", metadata={"help": "Compression short form, e.g. sparsegpt:0.5+int8."})
-    data: str = field(default="dolly", metadata={"help": "Data spec (bundled name, file, HF id)."})
-    tasks: str = field(default="", metadata={"help": "Comma-separated tasks (default: the paper's)."})
-    total: int = field(default=5000, metadata={"help": "Examples selected before the split."})
-    max_length: int = field(default=128, metadata={"help": "Tokens per example."})
-    num_clients: int = field(default=10, metadata={"help": "Clients (= partitions; paper: 100)."})
+    num_clients: int = field(default=10, metadata={"help": "Clients (= partitions; paper: 100).", "flags": ("--clients",)})
     clients_per_round: int = field(default=2, metadata={"help": "Clients sampled per round (paper: 10)."})
     rounds: int = field(default=3, metadata={"help": "Federated rounds."})
     local_steps: int = field(default=5, metadata={"help": "Optimiser steps per client per round (paper: 250)."})
-    batch_size: int = field(default=4, metadata={"help": "Local batch size (paper: 1)."})
-    lr: float = field(default=1e-2, metadata={"help": "Expert prompt learning rate (paper: 1e-3)."})
-    gate_lr: float = field(default=1e-4, metadata={"help": "Gate learning rate."})
     partition: str = field(default="skew", metadata={"help": "skew (paper, App. A), iid or dirichlet."})
-    skew_factor: float = field(default=15.0, metadata={"help": "skew: the large partition of a task is this many times the others."})
-    dirichlet_alpha: float = field(default=0.5, metadata={"help": "dirichlet: concentration (smaller = more skewed)."})
-    num_experts: int = field(default=7, metadata={"help": "Expert groups E."})
-    prompts_per_expert: int = field(default=0, metadata={"help": "Prompts per expert (0: 70 with merge routing, "
-                                                                  "10 with attention routing)."})
-    routing: str = field(default="merge", metadata={"help": "merge or attention (see MoPConfig.routing)."})
-    injection_layer: int = field(default=-1, metadata={"help": "Injection layer (-1: L/3)."})
-    recovery_steps: int = field(default=5, metadata={"help": "Server-side P^1 recovery steps."})
-    gate_pretrain_steps: int = field(default=200, metadata={"help": "Server-side gate pretraining steps."})
-    gate_pretrain_examples: int = field(default=140, metadata={"help": "Instructions used for gate pretraining."})
-    eval_limit_per_task: int = field(default=10, metadata={"help": "Test examples per task scored each round (0: all)."})
+    skew_factor: float = field(default=15.0, metadata={
+        "help": "skew: the large partition of a task is this many times the others."})
+    dirichlet_alpha: float = field(default=0.5, metadata={
+        "help": "dirichlet: concentration (smaller = more skewed).", "flags": ("--alpha",)})
     round_timeout: float = field(default=600.0, metadata={"help": "Seconds to wait for clients each round."})
-    seed: int = field(default=0, metadata={"help": "Seed of the split, partitions, sampling and training."})
-    inject_faults: str = field(default="", metadata={"help": "Fault tests: PARTITION:KIND,... (raise, hang, nan, shape)."})
+    inject_faults: str = field(default="", metadata={
+        "help": "Fault tests: PARTITION:KIND,... with KIND raise, hang, nan or shape."})
 
     def __post_init__(self) -> None:
-        if self.method not in FED_METHODS:
-            raise ConfigError(f"method must be one of {', '.join(FED_METHODS)}, got {self.method!r}")
         if self.partition not in PARTITIONS:
             raise ConfigError(f"partition must be one of {', '.join(PARTITIONS)}, got {self.partition!r}")
-        for name in ("num_clients", "clients_per_round", "rounds", "local_steps", "batch_size", "max_length"):
+        for name in ("num_clients", "clients_per_round", "rounds", "local_steps"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"FederationConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.clients_per_round > self.num_clients:
             raise ConfigError(f"clients_per_round ({self.clients_per_round}) > num_clients ({self.num_clients})")
         if self.skew_factor < 1:
@@ -79,21 +80,86 @@ class FederatedConfig:
             raise ConfigError(f"dirichlet_alpha must be > 0, got {self.dirichlet_alpha}")
         parse_faults(self.inject_faults)
 
-    @property
-    def use_gate(self) -> bool:
-        return self.method == "mops"
 
-    def to_record(self) -> dict:
-        """Flat scalars with Flower-style keys (``num-clients``) for run configs and `ConfigRecord`s."""
-        return {k.replace("_", "-"): v for k, v in asdict(self).items()}
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "mop": MoPConfig, "train": TrainConfig,
+            "federation": FederationConfig}
+
+
+@dataclass
+class FederatedRun:
+    """One federated training (one method, one seed) and where it goes."""
+
+    output: str
+    method: str
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    mop: MoPConfig = field(default_factory=MoPConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+
+    def __post_init__(self) -> None:
+        if self.method not in FEDERATED:
+            raise ConfigError(f"method must be one of {', '.join(FEDERATED)}, got {self.method!r}")
 
     @classmethod
-    def from_record(cls, record) -> "FederatedConfig":
-        """Inverse of `to_record`; unknown keys (e.g. Flower's ``server-round``) are ignored, types restored."""
-        values = {}
-        for f in fields(cls):
-            key = f.name.replace("_", "-")
-            if key in record:
-                default = f.default
-                values[f.name] = type(default)(record[key]) if default is not None else record[key]
+    def from_settings(cls, settings: dict[str, dict], **run: Any) -> "FederatedRun":
+        """From {section: {field: value}} (CLI options, a grid cell); every setting is validated here."""
+        unknown = sorted(set(settings) - set(SECTIONS))
+        if unknown:
+            raise ConfigError(f"unknown settings section(s) {unknown}; known: {', '.join(SECTIONS)}")
+        try:
+            return cls(**run, **{name: SECTIONS[name](**values) for name, values in settings.items()})
+        except TypeError as err:
+            raise ConfigError(str(err)) from None
+
+    @property
+    def uses_gate(self) -> bool:
+        return METHODS[self.method].uses_gate
+
+    def mop_config(self, tasks: list[str]) -> MoPConfig:
+        return replace(self.mop, use_gate=self.uses_gate, tasks=list(tasks), init_seed=self.seed)
+
+    def train_config(self, steps: int, seed: int) -> TrainConfig:
+        """Local training settings (also the server's recovery and gate pretraining): the central ones, with
+        `steps` steps, seed `seed`, no checkpoints (rounds are the checkpoints)."""
+        return replace(self.train, steps=steps, seed=seed, checkpoint_every=0)
+
+    def settings(self) -> dict:
+        """The nested settings as JSON values (`settings.json` of the run, the results' ``settings``)."""
+        return asdict(self)
+
+    def to_record(self) -> dict[str, int | float | bool | str]:
+        """The Flower run config: flattened nested settings, None as ``""``, lists comma-joined."""
+        def encode(value: Any) -> Any:
+            if isinstance(value, dict):
+                return {k: encode(v) for k, v in value.items()}
+            if value is None:
+                return ""
+            return ",".join(value) if isinstance(value, list) else value
+        return flatten_dict(encode(asdict(self)))
+
+    @classmethod
+    def from_record(cls, record: typing.Mapping[str, Any]) -> "FederatedRun":
+        """Inverse of `to_record`; keys that are no setting (e.g. Flower's ``server-round``) are ignored."""
+        nested = unflatten_dict({k: v for k, v in record.items() if "." in k or k in ("output", "method", "seed")})
+        values: dict[str, Any] = {k: nested[k] for k in ("output", "method", "seed") if k in nested}
+        for name, section in SECTIONS.items():
+            hints = typing.get_type_hints(section)
+            values[name] = section(**{f.name: _decode(nested[name][f.name], hints[f.name])
+                                      for f in fields(section) if f.name in nested.get(name, {})})
         return cls(**values)
+
+
+def _decode(value: Any, tp: Any) -> Any:
+    """A Flower config value back to the field's type (``""`` -> None where the field allows None)."""
+    optional = (isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union) and type(None) in typing.get_args(tp)
+    if optional and value == "":
+        return None
+    base = next((a for a in typing.get_args(tp) if a is not type(None)), tp) if optional else tp
+    if typing.get_origin(base) is list:
+        return [v for v in str(value).split(",") if v]
+    if base is float and isinstance(value, int):
+        return float(value)
+    return value
+

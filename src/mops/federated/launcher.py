@@ -20,15 +20,15 @@ import sys
 import threading
 import time
 from contextlib import ExitStack, contextmanager
-from dataclasses import asdict
 from pathlib import Path
 from typing import Iterator
 
 import httpx
 
 from mops.errors import ConfigError, MopsError
-from mops.federated.config import FederatedConfig
+from mops.federated.config import FederatedRun
 from mops.progress import progress_bar
+from mops.settings import changed_settings
 
 ENGINES = ("simulation", "deployment")
 
@@ -57,7 +57,7 @@ def _toml_value(value: object) -> str:
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def write_app(folder: Path, cfg: FederatedConfig) -> Path:
+def write_app(folder: Path, cfg: FederatedRun) -> Path:
     """A Flower app folder whose components are mops' apps and whose run config is `cfg`."""
     folder.mkdir(parents=True, exist_ok=True)
     lines = [
@@ -178,29 +178,27 @@ def supernode_cmd(superlink_port: int, port: int, pid: int, num: int) -> list[st
             "--node-config", f"partition-id={pid} num-partitions={num}"]
 
 
-RESUMABLE = ("output", "rounds", "round_timeout", "inject_faults")  # settings a resumed run may change
+# settings a resumed run may change
+RESUMABLE = ("output", "federation.rounds", "federation.round_timeout", "federation.inject_faults")
 
 
-def check_resumable(folder: Path, cfg: FederatedConfig) -> None:
+def check_resumable(folder: Path, cfg: FederatedRun) -> None:
     """Refuse to continue a run folder with other settings (except more rounds, timeout, fault tests)."""
     file = folder / "settings.json"
     if file.is_file():
-        before = json.loads(file.read_text())
-        now = asdict(cfg)
-        changed = [k for k in now if k not in RESUMABLE and before.get(k) != now[k]]
+        changed = changed_settings(json.loads(file.read_text()), json.loads(json.dumps(cfg.settings())), RESUMABLE)
         if changed:
-            raise ConfigError(
-                f"{folder} holds a run with other settings ({', '.join(f'{k}: {before.get(k)!r} -> {now[k]!r}' for k in changed)}); "
-                "use another --output, or the same settings to resume")
+            raise ConfigError(f"{folder} holds a run with other settings ({'; '.join(changed)}); use another "
+                              "--output, or the same settings to resume")
     folder.mkdir(parents=True, exist_ok=True)
-    file.write_text(json.dumps(asdict(cfg), indent=2))
+    file.write_text(json.dumps(cfg.settings(), indent=2))
 
 
-def _follow_rounds(driver: subprocess.Popen, rounds_dir: Path, cfg: FederatedConfig, timeout: float | None,
+def _follow_rounds(driver: subprocess.Popen, rounds_dir: Path, cfg: FederatedRun, timeout: float | None,
                    progress: bool) -> int:
     """Wait for `flwr run` to finish, showing finished rounds (and their test PPL) as they land on disk."""
     start = time.monotonic()
-    with progress_bar(cfg.rounds, f"{cfg.method} rounds", enabled=progress) as advance:
+    with progress_bar(cfg.federation.rounds, f"{cfg.method} rounds", enabled=progress) as advance:
         shown = 0
         while True:
             done = sorted(rounds_dir.glob("round-*/round.json"), key=lambda p: int(p.parent.name.split("-")[1]))
@@ -215,7 +213,7 @@ def _follow_rounds(driver: subprocess.Popen, rounds_dir: Path, cfg: FederatedCon
             time.sleep(1.0)
 
 
-def run_federated(cfg: FederatedConfig, engine: str = "simulation", client_cpus: int = 1,
+def run_federated(cfg: FederatedRun, engine: str = "simulation", client_cpus: int = 1,
                   timeout: float | None = None, progress: bool = False) -> Path:
     """Run one federated training with `flwr run`; returns ``output/<method>`` (results.json, adapter, logs)."""
     if engine not in ENGINES:
@@ -240,12 +238,12 @@ def run_federated(cfg: FederatedConfig, engine: str = "simulation", client_cpus:
         link = stack.enter_context(process(superlink_cmd(port, engine == "simulation"), link_log, env))
         wait_healthy(port, link, link_log)
         if engine == "deployment":
-            for pid in range(cfg.num_clients):
-                stack.enter_context(process(supernode_cmd(port, free_port(), pid, cfg.num_clients),
+            for pid in range(cfg.federation.num_clients):
+                stack.enter_context(process(supernode_cmd(port, free_port(), pid, cfg.federation.num_clients),
                                             flower / f"supernode-{pid}.log", env))
         cmd = [_bin("flwr"), "run", str(app_dir), "mops", "--stream"]
         if engine == "simulation":
-            cmd += ["--federation-config", f"num-supernodes={cfg.num_clients} client-resources-num-cpus={client_cpus}"]
+            cmd += ["--federation-config", f"num-supernodes={cfg.federation.num_clients} client-resources-num-cpus={client_cpus}"]
         driver = stack.enter_context(process(cmd, flower / "flwr-run.log", env))
         code = _follow_rounds(driver, run_dir / cfg.method / "rounds", cfg, timeout, progress)
     if code != 0 or not results.is_file():

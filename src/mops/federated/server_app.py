@@ -19,11 +19,11 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 from safetensors.torch import load_file, save_file
 
-from mops.federated.config import FederatedConfig
-from mops.federated.task import FROZEN_KEY, load_state, mean_loss, mop_config, problems_with, shared_setup, train_config, trainable_state
-from mops.provenance import versions
+from mops.evaluation.results import MethodResult
+from mops.federated.config import FederatedRun
+from mops.federated.task import FROZEN_KEY, load_state, mean_loss, problems_with, shared_setup, trainable_state
 from mops.training.loop import Runtime
-from mops.training.pipeline import Experiment
+from mops.training.pipeline import Pipeline
 from mops.tuners.mops.model import MoPModel
 
 app = ServerApp()
@@ -83,21 +83,18 @@ def _last_round(rounds_dir: Path) -> int:
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    cfg = FederatedConfig.from_record(context.run_config)
+    cfg = FederatedRun.from_record(context.run_config)
+    fed = cfg.federation
     run_dir = Path(cfg.output)
     out = run_dir / cfg.method
     setup = shared_setup(cfg)
-    model = MoPModel(setup.base, mop_config(cfg, setup.splits.tasks))
+    model = MoPModel(setup.base, cfg.mop_config(setup.splits.tasks))
     rt = Runtime.create(out, progress=False)
-    exp = Experiment(model, setup.splits, train_config(cfg, 0, cfg.seed), run_dir, rt, cfg.max_length)
-    results: dict = {"tasks": setup.splits.tasks, "settings": cfg.to_record(), "base": setup.base.provenance,
-                     "versions": versions(), "recovery": exp.recovery()}
-    model.set_stage("recovery")
-    results["input_prompts_only"] = exp.evaluate("input_prompts_only", 0)
-    model.set_stage("mop")
-    model.config.use_gate = cfg.use_gate
-    if cfg.use_gate:
-        results["gate_pretrain"] = {**exp.gate_pretraining(), "gate": exp.gate_matrix()}
+    pipe = Pipeline(model, setup.splits, cfg.train_config(0, cfg.seed), run_dir, rt, cfg.data.max_length,
+                    cfg.data.template)
+    results = pipe.shared_stages(gate=cfg.uses_gate)
+    results.settings = cfg.settings()
+    model.use_gate_(cfg.uses_gate)
     rounds_dir = out / "rounds"
     offset = _last_round(rounds_dir)
     if offset:
@@ -106,10 +103,10 @@ def main(grid: Grid, context: Context) -> None:
     frozen = ArrayRecord({FROZEN_KEY: model.adapter_state()[FROZEN_KEY]})
     random.seed(cfg.seed * 7919 + offset)  # Flower samples clients with `random`
     rt.logger.log({"stage": "federation", "step": offset,
-                   "clients_connected": wait_for_clients(grid, cfg.num_clients, cfg.round_timeout)})
+                   "clients_connected": wait_for_clients(grid, fed.num_clients, fed.round_timeout)})
     # Sample round(k / n) of the clients connected now: k while all are there, fewer after disconnects
     # (requiring k or n connected clients would wait forever once one has gone).
-    strategy = MopsFedAvg(frozen, reference, offset, fraction_train=min(1.0, (cfg.clients_per_round + 0.5) / cfg.num_clients),
+    strategy = MopsFedAvg(frozen, reference, offset, fraction_train=min(1.0, (fed.clients_per_round + 0.5) / fed.num_clients),
                           fraction_evaluate=0.0, min_train_nodes=1, min_available_nodes=1)
 
     def after_round(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
@@ -117,29 +114,30 @@ def main(grid: Grid, context: Context) -> None:
             return None
         n = server_round + offset
         load_state(model, arrays.to_torch_state_dict(), frozen.to_torch_state_dict()[FROZEN_KEY])
-        evaluation = exp.evaluate(cfg.method, n)
+        evaluation = pipe.evaluate(cfg.method, n)
         stats = strategy.stats
         record = {"stage": f"{cfg.method}_round", "step": n, "round_seconds": time.perf_counter() - stats["start"],
                   "bytes_sent": stats["bytes_sent"], "bytes_received": stats["bytes_received"],
                   "clients_sampled": stats["sampled"], "clients_accepted": stats["accepted"],
                   "clients_failed": stats["failed"], "clients_missing": stats["missing"],
                   "clients_rejected": len(stats["rejected"]), "client_loss": mean_loss(stats["client_losses"]),
-                  "eval_ppl": evaluation["ppl"]["overall"]["ppl"]}
+                  "eval_ppl": evaluation.overall}
         rt.logger.log({**record, "rejections": stats["rejected"]})
         folder = rounds_dir / f"round-{n}"
         folder.mkdir(parents=True, exist_ok=True)
         save_file(model.adapter_state(), str(folder / "adapter.safetensors"))
         (folder / "round.json").write_text(json.dumps({**record, "rejections": stats["rejected"],
-                                                       "eval": evaluation}, indent=2))
+                                                       "eval": evaluation.to_dict()}, indent=2))
         return MetricRecord({"ppl": record["eval_ppl"]})
 
-    if cfg.rounds > offset:
-        strategy.start(grid=grid, initial_arrays=ArrayRecord(reference), num_rounds=cfg.rounds - offset,
-                       timeout=cfg.round_timeout, train_config=ConfigRecord(cfg.to_record()), evaluate_fn=after_round)
-    rounds = [json.loads((rounds_dir / f"round-{n}" / "round.json").read_text()) for n in range(1, cfg.rounds + 1)]
-    model.load_adapter_state(load_file(str(rounds_dir / f"round-{cfg.rounds}" / "adapter.safetensors")))
+    if fed.rounds > offset:
+        strategy.start(grid=grid, initial_arrays=ArrayRecord(reference), num_rounds=fed.rounds - offset,
+                       timeout=fed.round_timeout, train_config=ConfigRecord(cfg.to_record()), evaluate_fn=after_round)
+    rounds = [json.loads((rounds_dir / f"round-{n}" / "round.json").read_text()) for n in range(1, fed.rounds + 1)]
+    model.load_adapter_state(load_file(str(rounds_dir / f"round-{fed.rounds}" / "adapter.safetensors")))
     model.save_pretrained(out / "adapter")
-    results[cfg.method] = {"final": rounds[-1]["eval"], "losses": [r["client_loss"] for r in rounds],
-                           "rounds": rounds, "trainable_parameters": sum(v.numel() for v in reference.values())}
-    (out / "results.json").write_text(json.dumps(results, indent=2))
+    results.methods[cfg.method] = MethodResult.from_dict(
+        {"final": rounds[-1]["eval"], "losses": [r["client_loss"] for r in rounds], "rounds": rounds,
+         "trainable_parameters": sum(v.numel() for v in reference.values())})
+    (out / "results.json").write_text(json.dumps(results.to_dict(), indent=2))
     rt.logger.close()

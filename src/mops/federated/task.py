@@ -6,19 +6,19 @@ the data once and keeps them for every later message of the same settings (`shar
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 
 import torch
 
 from mops.compression.config import compression_from
+from mops.compression.load import load_model
 from mops.data import DataSplits, Encoded, Tokenizer, load_splits
-from mops.federated.config import FederatedConfig
+from mops.federated.config import FederatedRun
 from mops.federated.partition import partition_examples
-from mops.models import BaseModel, load_base_model
-from mops.training.config import TrainConfig
-from mops.tuners.mops.config import MoPConfig
+from mops.models import BaseModel
 from mops.tuners.mops.model import MoPModel
 
 FROZEN_KEY = "input_prompts"
@@ -37,39 +37,26 @@ class SharedSetup:
         return self.tokenizer.encode_all(self.partitions[pid])
 
 
-def _setup_key(cfg: FederatedConfig) -> tuple:
-    """The settings that decide the base model, the data and the partitions."""
-    return (cfg.model, cfg.compress, cfg.data, cfg.tasks, cfg.total, cfg.max_length, cfg.num_clients, cfg.partition,
-            cfg.skew_factor, cfg.dirichlet_alpha, cfg.seed)
+def _setup_key(cfg: FederatedRun) -> str:
+    """The settings that decide the base model, the data and the partitions (as JSON: hashable and exact)."""
+    fed = cfg.federation
+    return json.dumps([asdict(cfg.model), asdict(cfg.data), fed.num_clients, fed.partition, fed.skew_factor,
+                       fed.dirichlet_alpha, cfg.seed])
 
 
 @lru_cache(maxsize=2)
-def _shared(key: tuple) -> SharedSetup:
-    model, compress, data, tasks, total, max_length, clients, scheme, factor, alpha, seed = key
-    base = load_base_model(model, compression=compression_from(compress or None, data, seed))
-    splits = load_splits(data, tasks or None, total, seed=seed)
-    tokenizer = Tokenizer(base.tokenizer, splits.tasks, max_length)
+def _shared(key: str) -> SharedSetup:
+    model, data, clients, scheme, factor, alpha, seed = json.loads(key)
+    base = load_model(model["model"], compression_from(model["compress"], data["data"], seed), dtype=model["dtype"],
+                      device=model["device"])
+    splits = load_splits(data["data"], data["tasks"], data["total"], seed=seed, skip_invalid=data["skip_invalid"])
+    tokenizer = Tokenizer(base.tokenizer, splits.tasks, data["max_length"], data["template"])
     partitions = partition_examples(splits.train, splits.tasks, clients, scheme, seed, factor, alpha)
     return SharedSetup(base, splits, tokenizer, partitions)
 
 
-def shared_setup(cfg: FederatedConfig) -> SharedSetup:
+def shared_setup(cfg: FederatedRun) -> SharedSetup:
     return _shared(_setup_key(cfg))
-
-
-def mop_config(cfg: FederatedConfig, tasks: list[str]) -> MoPConfig:
-    return MoPConfig(num_experts=cfg.num_experts, prompts_per_expert=cfg.prompts_per_expert or None,
-                     routing=cfg.routing,
-                     injection_layer=None if cfg.injection_layer < 0 else cfg.injection_layer,
-                     use_gate=cfg.use_gate, tasks=tasks, init_seed=cfg.seed)
-
-
-def train_config(cfg: FederatedConfig, steps: int, seed: int) -> TrainConfig:
-    """Local training settings (also the server's recovery and gate pretraining)."""
-    return TrainConfig(steps=steps, batch_size=cfg.batch_size, lr=cfg.lr, gate_lr=cfg.gate_lr, seed=seed,
-                       recovery_steps=cfg.recovery_steps, recovery_lr=cfg.lr,
-                       gate_pretrain_steps=cfg.gate_pretrain_steps, gate_pretrain_examples=cfg.gate_pretrain_examples,
-                       eval_limit_per_task=cfg.eval_limit_per_task or None, checkpoint_every=0)
 
 
 def trainable_state(model: MoPModel) -> dict[str, torch.Tensor]:

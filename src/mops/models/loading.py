@@ -15,7 +15,7 @@ from importlib import metadata
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import Iterator
 
 import torch
 import transformers
@@ -25,10 +25,9 @@ from transformers.utils import logging as hf_logging
 from mops.errors import ConfigError, ModelLoadError
 from mops.models.fingerprint import folder_fingerprint, weights_digest
 from mops.models.registry import DEFAULT_MODEL, PACKAGED_MODELS
+from mops.models.report import compression_settings, read_compression_report
 from mops.paths import atomic_folder, cache_dir, mops_home
 
-if TYPE_CHECKING:
-    from mops.compression.config import CompressionConfig
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
@@ -44,6 +43,7 @@ class BaseModel:
     name: str  # what the user asked for (short name, path or hub id)
     path: str  # the folder the weights were read from (or the hub id)
     compression: str | None = None  # e.g. "sparsegpt-85%+int8", from the folder's compression report
+    compression_settings: dict | None = None  # its full CompressionConfig, calibration (data, samples, seed) included
     fingerprint: str | None = None  # SHA-256 of the weights read (models.fingerprint); None for an uncached hub id
 
     @property
@@ -57,6 +57,7 @@ class BaseModel:
             "num_hidden_layers": cfg.num_hidden_layers,
             "hidden_size": cfg.hidden_size,
             "compression": self.compression,
+            "compression_settings": self.compression_settings,
         }
 
     @property
@@ -93,6 +94,17 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if dtype not in DTYPES:
         raise ConfigError(f"--dtype {dtype!r} is not a dtype: use one of auto, {', '.join(DTYPES)}")
     return DTYPES[dtype]
+
+
+# bitsandbytes logs a warning on EVERY int8 matmul with float32 inputs ("inputs will be cast ... to
+# float16"), and one at import on CPUs without the optional `kernels` package (4-bit only).
+_NOISY_LOGGERS = ("bitsandbytes.autograd._functions", "bitsandbytes.backends.cpu.ops")
+
+
+def silence_bitsandbytes() -> None:
+    """Keep bitsandbytes' per-call and import-time warnings off the console (errors still show)."""
+    for name in _NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 @contextmanager
@@ -171,21 +183,17 @@ def load_base_model(
     dtype: str = "auto",
     device: str = "auto",
     attn_implementation: str = "sdpa",
-    compression: "CompressionConfig | None" = None,
+    name: str | None = None,
 ) -> BaseModel:
     """Load a causal LM frozen and in eval mode, plus its tokenizer (pad token = EOS if it has none).
 
-    With `compression`, the base is compressed first (or taken from the compression cache) and the
-    compressed folder is loaded; LLM.int8() folders load as int8 (`bitsandbytes` layers) on `device`.
+    A compressed folder (`mops.compression`) carries a compression report: its label and settings are recorded
+    on the `BaseModel`; LLM.int8() folders load as int8 (`bitsandbytes` layers) on `device`. `name`: what to
+    record as the model's name (default `name_or_path`; a compressed base keeps its uncompressed name).
     """
-    from mops.compression import compress_model, read_compression_report, silence_bitsandbytes  # (import cycle)
-
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)  # setting errors before any loading (not reported as damage)
-    if compression is not None:
-        source = str(compress_model(name_or_path, compression, device=device).path)
-    else:
-        source = resolve_model_path(name_or_path)
+    source = resolve_model_path(name_or_path)
     is_cache = source.startswith(str(mops_home()))
     report = read_compression_report(Path(source))
     placement: dict = {}
@@ -215,7 +223,8 @@ def load_base_model(
     model.eval()
     if not placement:
         model = model.to(dev)
-    return BaseModel(model=model, tokenizer=tokenizer, name=name_or_path, path=source, compression=report.get("label"),
+    return BaseModel(model=model, tokenizer=tokenizer, name=name or name_or_path, path=source,
+                     compression=report.get("label"), compression_settings=compression_settings(report),
                      fingerprint=source_fingerprint(source))
 
 

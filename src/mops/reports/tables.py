@@ -6,6 +6,8 @@ from typing import Sequence
 
 from rich.table import Table
 
+from mops.evaluation.results import RunResult
+
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """A GitHub-flavoured Markdown table; floats with 2 decimals."""
@@ -38,8 +40,8 @@ ROUND_HEADERS = ["method", "round", "round time (s)", "bytes sent", "bytes recei
                  "mean client loss", "test PPL"]
 
 
-def round_rows(results: dict, methods: Sequence[str]) -> list[list[object]]:
+def round_rows(result: RunResult, methods: Sequence[str]) -> list[list[object]]:
     """One row per federated round and method: time, communication, accepted clients, loss, test PPL."""
     return [[m, r["step"], round(r["round_seconds"]), f"{r['bytes_sent']:,}", f"{r['bytes_received']:,}",
              f"{r['clients_accepted']}/{r['clients_sampled']}", r["client_loss"], r["eval_ppl"]]
-            for m in methods for r in results[m]["rounds"]]
+            for m in methods for r in result.methods[m].rounds or []]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from mops.errors import ConfigError
 from mops.models.registry import model_depth
-from mops.reproduce.grid import Cell, Grid
+from mops.reproduce.grid import Cell, Grid, cell_from_dict
 
 PRUNING = {"90%": "sparsegpt:0.9", "85%": "sparsegpt:0.85", "75%": "sparsegpt:0.75", "7:8": "sparsegpt:7:8",
            "3:4": "sparsegpt:3:4", "2:4": "sparsegpt:2:4", "4:8": "sparsegpt:4:8"}
@@ -25,22 +25,13 @@ SIZES = {
     "quick": dict(max_length=128, train=dict(steps=40, batch_size=4, lr=1e-1, gate_lr=1e-4, lora_lr=1e-3, ia3_lr=3e-2,
                                              recovery_steps=20, recovery_lr=1e-2, gate_pretrain_steps=200,
                                              gate_pretrain_examples=280, eval_limit_per_task=10, checkpoint_every=20),
-                  clients=dict(num_clients=10, clients_per_round=2, rounds=3, local_steps=10, batch_size=4)),
+                  federation=dict(num_clients=10, clients_per_round=2, rounds=3, local_steps=10), client_batch_size=4),
     "full": dict(max_length=256, train=dict(steps=2000, batch_size=8, lr=1e-2, gate_lr=1e-4, recovery_steps=300,
                                             recovery_lr=1e-2, gate_pretrain_steps=300, gate_pretrain_examples=1000,
                                             checkpoint_every=200),
                  # the paper's federation: 100 clients, 10 per round, 250 local steps at batch 1
-                 clients=dict(num_clients=100, clients_per_round=10, rounds=20, local_steps=250, batch_size=1)),
+                 federation=dict(num_clients=100, clients_per_round=10, rounds=20, local_steps=250), client_batch_size=1),
 }
-SHARED_WITH_FEDERATED = ("lr", "gate_lr", "recovery_steps", "gate_pretrain_steps", "gate_pretrain_examples")
-
-
-def federation(size: str) -> dict:
-    """A size's federated settings: its federation (`clients`) plus the centralised runs' rates, stage lengths and
-    test subset (0 = the whole test split), so federated and centralised cells of one size train alike."""
-    train = SIZES[size]["train"]
-    return {**SIZES[size]["clients"], **{k: train[k] for k in SHARED_WITH_FEDERATED},
-            "eval_limit_per_task": train.get("eval_limit_per_task") or 0}
 
 
 EXPERIMENTS = ("table2", "table3", "table4", "table5", "table6", "table8", "fig3", "fig4", "gating")
@@ -51,17 +42,19 @@ def builtin_grid(experiment: str, size: str = "quick", model: str = "smollm2-135
     """The grid of one of the paper's experiments, at `size` (quick or full), on `model`."""
     if size not in SIZES:
         raise ConfigError(f"size must be quick or full, got {size!r}")
-    fed = federation(size)
+    fed = SIZES[size]["federation"]
     base = {"max_length": SIZES[size]["max_length"], "train": SIZES[size]["train"], "model": model,
             "seeds": seeds or [0, 1, 2]}
 
     def cell(name: str, **settings) -> Cell:
         merged = {**base, **settings}
         merged["train"] = {**base["train"], **settings.get("train", {})}
-        return Cell(name=name, **merged)
+        return cell_from_dict({"name": name, **merged}, f"{experiment} cell {name!r}")
 
     def federated_cell(name: str, **settings) -> Cell:
-        return Cell(name=name, **{**base, "train": {}, "methods": ["fedprompt", "mops"]},
+        """The same training settings as the centralised cells (clients train at their own batch size)."""
+        train = {**base["train"], "batch_size": SIZES[size]["client_batch_size"]}
+        return cell(name, train=train, methods=["fedprompt", "mops"],
                     federated={**fed, **settings.pop("federated", {})}, **settings)
 
     if experiment == "table2":

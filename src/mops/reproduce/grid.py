@@ -12,13 +12,15 @@ Grids come from the built-in experiments (`experiments.py`) or from a TOML / YAM
     train = { steps = 40, batch_size = 4, lr = 1e-2 }
     mop = { injection_layer = 10 }
     # federated = { num_clients = 10, clients_per_round = 2, rounds = 3, local_steps = 10 }
-    #   (a federated cell: methods fedprompt and/or mops; any FederatedConfig field; no mop/train sections)
+    #   (a federated cell: methods fedprompt and/or mops; FederationConfig fields; mop and train as above,
+    #   so federated and centralised cells train alike)
     [[cells]]                        # one table row / plot point each; any base key may be overridden
     name = "75%"
     compress = "sparsegpt:0.75"
 
-A cell's key is a digest of its settings (not its name), so renaming rows or re-running a grid reuses every
-finished cell.
+Every key is a field of ModelConfig / DataConfig (flat), MoPConfig (`mop`), TrainConfig (`train`) or
+FederationConfig (`federated`), validated by those dataclasses. A cell's key is a digest of its settings (not
+its name), so renaming rows or re-running a grid reuses every finished cell.
 """
 
 from __future__ import annotations
@@ -31,70 +33,76 @@ from pathlib import Path
 
 import yaml
 
+from mops.data.config import DataConfig
 from mops.errors import ConfigError
-from mops.federated.config import FED_METHODS, FederatedConfig
-from mops.training.overrides import known_fields
+from mops.federated.config import FederatedRun, FederationConfig
+from mops.models.config import ModelConfig
+from mops.training.config import TrainConfig
+from mops.tuners.mops.config import MoPConfig
+from mops.tuners.registry import CENTRALISED, FEDERATED, check_order
 
 REPORTS = ("table", "layers", "prompts", "gating")
-CELL_OWNED = {"output", "method", "model", "compress", "data", "total", "max_length", "seed"}  # set per cell/seed
+RUN_KEYS = {f.name: cls for cls in (ModelConfig, DataConfig) for f in fields(cls)}  # a cell's flat keys
+# what cell keys held before tasks, dtype, device and skip_invalid were cell settings: those enter a cell's key
+# only when set, so every earlier cell keeps its key (and its finished results)
+_KEYED_WHEN_SET = ("tasks", "skip_invalid", "dtype", "device")
+
+
+def _build(cls: type, values: dict, what: str):
+    """A config from a cell's values; bad names, types and values name the cell's section."""
+    try:
+        return cls(**values)
+    except (ConfigError, TypeError, ValueError) as err:
+        raise ConfigError(f"{what}: {err}; known: {', '.join(f.name for f in fields(cls))}") from None
 
 
 @dataclass
 class Cell:
-    """One run: `methods` over `seeds`, paired per seed, from the same frozen parts."""
+    """One run: `methods` over `seeds`, paired per seed, from the same frozen parts. `mop` and `train` are
+    MoPConfig / TrainConfig fields; `federated` (FederationConfig fields) makes it a federated cell."""
 
     name: str
-    model: str = "smollm2-135m"
-    data: str = "dolly"
-    compress: str | None = None
     methods: list[str] = field(default_factory=lambda: ["baseline", "mops"])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    max_length: int = 256
-    total: int = 5000
-    template: str = "plain"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
     mop: dict = field(default_factory=dict)
     train: dict = field(default_factory=dict)
-    federated: dict | None = None  # FederatedConfig fields: a federated cell (None: centralised)
+    federated: dict | None = None
 
     def __post_init__(self) -> None:
         if not self.seeds or not self.methods:
             raise ConfigError(f"cell {self.name!r}: needs at least one seed and one method")
-        if self.federated is not None:
-            self._check_federated()
-            return
-        mop_fields, train_fields = known_fields()
-        for section, known in (("mop", mop_fields), ("train", train_fields)):
-            unknown = sorted(set(getattr(self, section)) - known)
-            if unknown:
-                raise ConfigError(f"cell {self.name!r}: unknown {section} setting(s) {unknown}; known: {sorted(known)}")
-
-    def _check_federated(self) -> None:
-        known = {f.name for f in fields(FederatedConfig)} - CELL_OWNED
-        unknown = sorted(set(self.federated) - known)
-        if unknown:
-            raise ConfigError(f"cell {self.name!r}: unknown federated setting(s) {unknown}; known: {sorted(known)}")
-        bad = [m for m in self.methods if m not in FED_METHODS]
+        allowed = FEDERATED if self.federated is not None else CENTRALISED
+        bad = [m for m in self.methods if m not in allowed]
         if bad:
-            raise ConfigError(f"cell {self.name!r}: federated methods are {', '.join(FED_METHODS)}, got {bad}")
-        if self.mop or self.train:
-            raise ConfigError(f"cell {self.name!r}: a federated cell takes its settings in `federated`, not mop/train")
-        for seed in self.seeds:  # every setting is validated before anything runs
-            self.federated_config(self.methods[0], seed, Path("."))
+            kind = "federated" if self.federated is not None else "centralised"
+            raise ConfigError(f"cell {self.name!r}: {kind} methods are {', '.join(allowed)}, got {bad}")
+        check_order(self.methods)
+        # every setting is validated before anything runs, against the same fields as `mops train`
+        _build(MoPConfig, self.mop, f"cell {self.name!r}: mop")
+        _build(TrainConfig, self.train, f"cell {self.name!r}: train")
+        if self.federated is not None:
+            _build(FederationConfig, self.federated, f"cell {self.name!r}: federated")
 
-    def federated_config(self, method: str, seed: int, output: Path) -> FederatedConfig:
-        """The `mops federate` settings of one method and seed of this (federated) cell."""
-        try:
-            return FederatedConfig(output=str(output), method=method, model=self.model, compress=self.compress or "",
-                                   data=self.data, total=self.total, max_length=self.max_length, seed=seed,
-                                   **self.federated)
-        except (ConfigError, TypeError, ValueError) as err:
-            raise ConfigError(f"cell {self.name!r}: federated: {err}") from None
+    def federated_run(self, method: str, seed: int, output: Path) -> FederatedRun:
+        """The `mops federate` run of one method and seed of this (federated) cell."""
+        return FederatedRun(output=str(output), method=method, seed=seed, model=self.model, data=self.data,
+                            mop=MoPConfig(**self.mop), train=TrainConfig(**self.train),
+                            federation=FederationConfig(**(self.federated or {})))
 
     @property
     def key(self) -> str:
-        settings = {k: v for k, v in asdict(self).items() if k != "name"}
-        if self.federated is None:
-            del settings["federated"]  # keeps the keys of centralised cells from before federated cells
+        """Digest of the cell's settings (not its name)."""
+        settings: dict = {"model": self.model.model, "data": self.data.data, "compress": self.model.compress,
+                          "methods": self.methods, "seeds": self.seeds, "max_length": self.data.max_length,
+                          "total": self.data.total, "template": self.data.template, "mop": self.mop,
+                          "train": self.train}
+        defaults = {**asdict(ModelConfig()), **asdict(DataConfig())}
+        run = {**asdict(self.model), **asdict(self.data)}
+        settings |= {k: run[k] for k in _KEYED_WHEN_SET if run[k] != defaults[k]}
+        if self.federated is not None:
+            settings["federated"] = self.federated
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -114,9 +122,23 @@ class Grid:
             raise ConfigError(f"grid cell names must be distinct, got {names}")
 
 
+def cell_from_dict(raw: dict, where: str) -> Cell:
+    """A cell from its flat keys: name, methods, seeds, mop, train, federated, and any ModelConfig /
+    DataConfig field (model, compress, data, total, max_length ...)."""
+    sections = {"name", "methods", "seeds", "mop", "train", "federated"}
+    unknown = sorted(set(raw) - sections - set(RUN_KEYS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(sections | set(RUN_KEYS))}")
+    if "name" not in raw:
+        raise ConfigError(f"{where} has no name")
+    run = {cls: {k: v for k, v in raw.items() if RUN_KEYS.get(k) is cls} for cls in (ModelConfig, DataConfig)}
+    return Cell(**{k: v for k, v in raw.items() if k in sections},
+                model=_build(ModelConfig, run[ModelConfig], f"{where}: model"),
+                data=_build(DataConfig, run[DataConfig], f"{where}: data"))
+
+
 def grid_from_dict(data: dict, source: str) -> Grid:
     """{experiment, title, base: {...}, cells: [{name, ...}]} -> Grid; errors name `source` and the field."""
-    allowed = {f.name for f in fields(Cell)}
     base = data.get("base", {})
     cells = []
     for i, raw in enumerate(data.get("cells", [])):
@@ -124,12 +146,10 @@ def grid_from_dict(data: dict, source: str) -> Grid:
         for section in ("mop", "train", "federated"):
             if section in base or section in raw:
                 merged[section] = {**base.get(section, {}), **raw.get(section, {})}
-        unknown = sorted(set(merged) - allowed)
-        if unknown:
-            raise ConfigError(f"{source}: cells[{i}]: unknown key(s) {unknown}; known: {sorted(allowed)}")
-        if "name" not in merged:
-            raise ConfigError(f"{source}: cells[{i}] has no name")
-        cells.append(Cell(**merged))
+        try:
+            cells.append(cell_from_dict(merged, f"cells[{i}]"))
+        except ConfigError as err:
+            raise ConfigError(f"{source}: {err}") from None
     try:
         return Grid(data.get("experiment", "table"), data.get("title", source), cells)
     except ConfigError as err:

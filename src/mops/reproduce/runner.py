@@ -10,53 +10,55 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from mops.evaluation.results import MethodResult, RunResult
 from mops.provenance import versions
 from mops.reproduce.grid import Cell, Grid
+from mops.training.config import TrainConfig
 from mops.training.runs import RunRequest, execute
+from mops.tuners.mops.config import MoPConfig
 
 
-def _method_record(result: dict) -> dict:
-    final = result["final"]
-    record = {"ppl": final["ppl"]["overall"]["ppl"],
-              "per_task": {t: s["ppl"] for t, s in final["ppl"]["per_task"].items()},
-              "trainable_parameters": result.get("trainable_parameters")}
-    if "gate" in final:
-        evals = result.get("evals") or [r["eval"] for r in result.get("rounds", [])]  # federated: one per round
-        record["gate"] = final["gate"]
-        record["gate_during"] = [{"step": e["step"], "gate": e["gate"]} for e in evals if "gate" in e]
+def _method_record(result: MethodResult) -> dict:
+    final = result.final
+    record = {"ppl": final.overall, "per_task": {t: s["ppl"] for t, s in final.ppl["per_task"].items()},
+              "trainable_parameters": result.trainable_parameters}
+    if final.gate is not None:
+        record["gate"] = final.gate
+        record["gate_during"] = [{"step": e.step, "gate": e.gate} for e in result.evaluations if e.gate is not None]
     return record
 
 
-def cell_record(cell: Cell, per_seed: dict[int, dict]) -> dict:
+def cell_record(cell: Cell, per_seed: dict[int, RunResult]) -> dict:
     """What the reports need from one finished cell: per seed and method, PPL (overall, per task), trainable
     parameter count, gate matrices."""
     seeds = {}
-    for seed, results in per_seed.items():
-        entry = {m: _method_record(results[m]) for m in cell.methods}
-        if "gate_pretrain" in results and "gate" in results["gate_pretrain"]:
-            entry["gate_pretrained"] = results["gate_pretrain"]["gate"]
-        entry["input_prompts_only"] = results["input_prompts_only"]["ppl"]["overall"]["ppl"]
+    for seed, result in per_seed.items():
+        entry = {m: _method_record(result.methods[m]) for m in cell.methods}
+        if result.pretrained_gate is not None:
+            entry["gate_pretrained"] = result.pretrained_gate
+        entry["input_prompts_only"] = result.input_prompts_only.overall
         seeds[str(seed)] = entry
     first = next(iter(per_seed.values()))
-    return {"name": cell.name, "key": cell.key, "settings": asdict(cell), "tasks": first["tasks"],
-            "resolved": first["settings"], "base": first.get("base"), "per_seed": seeds}
+    return {"name": cell.name, "key": cell.key, "settings": asdict(cell), "tasks": first.tasks,
+            "resolved": first.settings, "base": first.base, "per_seed": seeds}
 
 
-def run_federated_cell(cell: Cell, folder: Path, progress: bool) -> dict[int, dict]:
+def run_federated_cell(cell: Cell, folder: Path, progress: bool) -> dict[int, RunResult]:
     """Each seed: each method on Flower (FedPrompt first: same P^1) into `folder/seed-N/<method>`; a method
-    whose results are on disk is read back. Returns seed -> {tasks, input_prompts_only, ..., <method>: ...}."""
+    whose results are on disk is read back."""
     from mops.federated.launcher import run_federated
 
-    per_seed: dict[int, dict] = {}
+    per_seed: dict[int, RunResult] = {}
     for seed in cell.seeds:
-        results: dict = {}
+        result: RunResult | None = None
         for method in cell.methods:
-            cfg = cell.federated_config(method, seed, folder / f"seed-{seed}")
-            file = Path(cfg.output) / method / "results.json"
+            run = cell.federated_run(method, seed, folder / f"seed-{seed}")
+            file = Path(run.output) / method / "results.json"
             if not file.is_file():
-                run_federated(cfg, progress=progress)
-            results.update(json.loads(file.read_text()))
-        per_seed[seed] = results
+                run_federated(run, progress=progress)
+            one = RunResult.from_dict(json.loads(file.read_text()))
+            result = one if result is None else result.merged(one)
+        per_seed[seed] = result
     return per_seed
 
 
@@ -75,13 +77,10 @@ def run_cell(cell: Cell, folder: Path, progress: bool) -> dict:
     return record
 
 
-def _run_centralised(cell: Cell, folder: Path, progress: bool) -> dict[int, dict]:
-    req = RunRequest(model=cell.model, data=cell.data, tasks=None, total=cell.total, methods=list(cell.methods),
-                     output=folder, mop=dict(cell.mop), train=dict(cell.train), max_length=cell.max_length,
-                     template=cell.template, dtype="auto", device="auto", seeds=list(cell.seeds),
-                     skip_invalid=False, compress=cell.compress, progress=progress)
-    results = execute(req)
-    return {cell.seeds[0]: results} if len(cell.seeds) == 1 else results["per_seed"]
+def _run_centralised(cell: Cell, folder: Path, progress: bool) -> dict[int, RunResult]:
+    req = RunRequest(model=cell.model, data=cell.data, mop=MoPConfig(**cell.mop), train=TrainConfig(**cell.train),
+                     methods=list(cell.methods), seeds=list(cell.seeds), output=folder, progress=progress)
+    return execute(req).per_seed
 
 
 def run_grid(grid: Grid, out: Path, progress: bool = True, on_cell=None) -> dict:

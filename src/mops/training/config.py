@@ -11,47 +11,47 @@ from mops.errors import ConfigError
 class TrainConfig:
     """Stage 1 recovers P^1 (input prompt tuning), stage 2 pretrains the gate, stage 3 trains experts + gate."""
 
-    steps: int = field(default=200, metadata={"help": "Optimiser steps of the main stage (paper: 20,000 at batch 1)."})
-    batch_size: int = field(default=8, metadata={"help": "Global examples per optimiser step (all processes)."})
+    steps: int = field(default=200, metadata={"stage": "main", "help": "Optimiser steps of the main stage (paper: 20,000 at batch 1)."})
+    batch_size: int = field(default=8, metadata={"flags": ("-b",), "help": "Global examples per optimiser step (all processes)."})
     grad_accum: int = field(default=1, metadata={"help": "Micro-batches per process per step."})
-    lr: float = field(default=1e-2, metadata={"help": "Prompt learning rate, constant (paper: 1e-3, which "
+    lr: float = field(default=1e-2, metadata={"stage": "lr", "help": "Prompt learning rate, constant (paper: 1e-3, which "
                                                     "under-trains both methods on small models)."})
-    gate_lr: float | None = field(default=1e-4, metadata={"help": "Gate learning rate (None: lr). Low keeps the "
+    gate_lr: float | None = field(default=1e-4, metadata={"stage": "gate", "help": "Gate learning rate (None: lr). Low keeps the "
                                                                "pretrained routing; higher rates collapse it."})
     baseline_lr: float | None = field(
-        default=None, metadata={"help": "Prompt learning rate of the baseline (default: lr), so each method runs at "
+        default=None, metadata={"stage": "lr", "help": "Prompt learning rate of the baseline (default: lr), so each method runs at "
                                         "its own tuned rate."}
     )
     gate_balance: float = field(
-        default=0.0, metadata={"help": "Weight of the load-balancing loss log E - H(batch-mean gate) (0 = none)."}
+        default=0.0, metadata={"stage": "gate", "help": "Weight of the load-balancing loss log E - H(batch-mean gate) (0 = none)."}
     )
     recovery_steps: int = field(default=20, metadata={"help": "Input prompt (P^1) recovery steps (paper: 20)."})
     recovery_lr: float = field(default=1e-3, metadata={"help": "Learning rate of the recovery stage."})
-    gate_pretrain_steps: int = field(default=300, metadata={"help": "Gate pretraining steps (0 = none)."})
-    gate_pretrain_lr: float = field(default=1e-3, metadata={"help": "Gate pretraining learning rate."})
+    gate_pretrain_steps: int = field(default=300, metadata={"stage": "gate_pretrain", "help": "Gate pretraining steps (0 = none)."})
+    gate_pretrain_lr: float = field(default=1e-3, metadata={"stage": "gate_pretrain", "help": "Gate pretraining learning rate."})
     gate_pretrain_examples: int = field(
-        default=1000, metadata={"help": "Instruction-only training examples for gate pretraining."}
+        default=1000, metadata={"stage": "gate_pretrain", "help": "Instruction-only training examples for gate pretraining."}
     )
-    gate_pretrain_batch_size: int = field(default=64, metadata={"help": "Gate pretraining batch size."})
+    gate_pretrain_batch_size: int = field(default=64, metadata={"stage": "gate_pretrain", "help": "Gate pretraining batch size."})
     gate_pretrain_smoothing: float = field(
-        default=0.0, metadata={"help": "Label smoothing of gate pretraining (soft task -> expert targets; 0 = hard)."}
+        default=0.0, metadata={"stage": "gate_pretrain", "help": "Label smoothing of gate pretraining (soft task -> expert targets; 0 = hard)."}
     )
     lora_lr: float = field(
-        default=1e-3, metadata={"help": "Learning rate of the LoRA weights (prompt rates make LoRA diverge)."}
+        default=1e-3, metadata={"stage": "lr", "help": "Learning rate of the LoRA weights (prompt rates make LoRA diverge)."}
     )
-    ia3_lr: float = field(default=3e-2, metadata={"help": "Learning rate of the IA3 scaling vectors."})
-    lora_r: int = field(default=2, metadata={"help": "LoRA rank (paper: 2)."})
-    lora_alpha: float = field(default=32, metadata={"help": "LoRA alpha (paper: 32)."})
-    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout (paper: 0.05)."})
+    ia3_lr: float = field(default=3e-2, metadata={"stage": "lr", "help": "Learning rate of the IA3 scaling vectors."})
+    lora_r: int = field(default=2, metadata={"stage": "lora", "help": "LoRA rank (paper: 2)."})
+    lora_alpha: float = field(default=32, metadata={"stage": "lora", "help": "LoRA alpha (paper: 32)."})
+    lora_dropout: float = field(default=0.05, metadata={"stage": "lora", "help": "LoRA dropout (paper: 0.05)."})
     peft_targets: str = field(
-        default="q_proj,v_proj", metadata={"help": "Comma-separated module names LoRA / IA3 adapt (paper: q, v)."}
+        default="q_proj,v_proj", metadata={"stage": "peft", "help": "Comma-separated module names LoRA / IA3 adapt (paper: q, v)."}
     )
-    eval_every: int = field(default=0, metadata={"help": "Evaluate every N steps (0: only at the end)."})
+    eval_every: int = field(default=0, metadata={"stage": "main", "help": "Evaluate every N steps (0: only at the end)."})
     eval_limit_per_task: int | None = field(default=None, metadata={"help": "Test examples per task to score."})
     eval_batch_size: int = field(default=8, metadata={"help": "Evaluation batch size."})
-    checkpoint_every: int = field(default=50, metadata={"help": "Checkpoint every N steps (0: never)."})
+    checkpoint_every: int = field(default=50, metadata={"stage": "never", "help": "Checkpoint every N steps (0: never)."})
     max_grad_norm: float | None = field(default=None, metadata={"help": "Clip gradients to this norm."})
-    seed: int = field(default=0, metadata={"help": "Seed of data order and initialisation."})
+    seed: int = field(default=0, metadata={"set_by_run": True, "help": "Seed of data order and initialisation."})
     group_by_length: bool = field(
         default=True,
         metadata={"help": "Batch examples of similar length together (less padding; the order is still a "
@@ -92,12 +92,6 @@ class TrainConfig:
     @property
     def effective_gate_lr(self) -> float:
         return self.lr if self.gate_lr is None else self.gate_lr
-
-    def method_lr(self, method: str) -> float:
-        """Learning rate of what `method` trains: prompts (baseline, mops, lora_mops) or peft weights (lora, ia3)."""
-        if method in ("lora", "ia3"):
-            return self.lora_lr if method == "lora" else self.ia3_lr
-        return self.baseline_lr if method == "baseline" and self.baseline_lr is not None else self.lr
 
     def to_dict(self) -> dict:
         return asdict(self)

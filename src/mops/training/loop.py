@@ -20,12 +20,14 @@ from accelerate import Accelerator
 
 from mops.data.tokenization import IGNORE_INDEX, Encoded
 from mops.errors import MopsError
-from mops.evaluation.perplexity import LogitsFn, device_batch, loss_positions, token_nll
+from mops.evaluation.perplexity import device_batch, loss_positions, token_nll
+from mops.models.logits import LogitsFn
 from mops.progress import console, progress_bar
 from mops.training.checkpoint import latest_checkpoint, resume_checkpoint, save_checkpoint
 from mops.training.config import TrainConfig
 from mops.training.logger import RunLogger
 from mops.training.sampler import shard, step_indices
+from mops.training.state import load_trainable_state, trainable_state
 from mops.tuners.mops.gate import balance_loss
 from mops.tuners.mops.model import MoPModel
 from mops.tuners.mops.prefix_cache import mop_logits_fn
@@ -66,22 +68,6 @@ def target_tokens(enc: Encoded) -> int:
     return sum(label != IGNORE_INDEX for label in enc.labels[1:])
 
 
-def mop_param_groups(model: MoPModel, cfg: TrainConfig, method: str) -> list[dict]:
-    """Optimiser groups of the main stage: the expert prompts at the method's lr, the gate MLP at the gate lr.
-
-    A learned gate strength (one scalar) moves at the prompts' lr: at a low gate lr Adam would move it by at
-    most gate_lr per step, too slowly to ever matter.
-    """
-    lr = cfg.method_lr(method)
-    groups = [{"params": [model.expert_prompts], "lr": lr}]
-    if model.config.use_gate:
-        mlp = [p for n, p in model.gate.named_parameters() if p.requires_grad and n != "strength"]
-        groups.append({"params": mlp, "lr": cfg.effective_gate_lr})
-        if model.gate.strength.requires_grad:
-            groups.append({"params": [model.gate.strength], "lr": lr})
-    return groups
-
-
 def _diverged(stage: str, what: str, checkpoint_dir: Path | None) -> None:
     last = latest_checkpoint(checkpoint_dir) if checkpoint_dir else None
     raise TrainingError(
@@ -117,7 +103,7 @@ def train_steps(
         if checkpoint_dir else None
     if resume is not None:
         adapter, state = resume
-        model.load_adapter_state(adapter)
+        load_trainable_state(model, adapter)
         start, losses = state["step"], state["losses"]
     rt.logger.forget_after(stage, start)  # steps after the checkpoint run (and are logged) again
     device = rt.accelerator.device
@@ -160,7 +146,7 @@ def train_steps(
             rt.logger.log({"stage": stage, "step": step + 1, "loss": value, "seconds": seconds, "tokens_per_s": tok_s})
             advance(loss=value, tok_s=round(tok_s))
             if checkpoint_dir and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and rt.is_main:
-                save_checkpoint(checkpoint_dir, step + 1, model.adapter_state(), optimizer,
+                save_checkpoint(checkpoint_dir, step + 1, trainable_state(model), optimizer,
                                 {"stage": stage, "losses": losses})
             if on_eval and cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < steps:
                 model.gate.eval()

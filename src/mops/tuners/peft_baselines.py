@@ -7,21 +7,17 @@ only the adapted weights differ. Their weights live in every layer, so the froze
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from torch import nn
 
-from mops.compression.quantization import silence_bitsandbytes
+from mops.models.loading import silence_bitsandbytes
 from mops.errors import ConfigError
 
-if TYPE_CHECKING:
-    from mops.training.config import TrainConfig
-
-PEFT_METHODS = ("lora", "ia3")
+PEFT_KINDS = ("lora", "ia3")
 
 
-def peft_config(method: str, cfg: TrainConfig):
-    """LoRA r, alpha, dropout on `cfg.peft_targets` (paper: r=2, alpha=32, dropout 0.05 on q/v); IA3 on the same."""
+def peft_config(method: str, cfg):
+    """LoRA r, alpha, dropout on `cfg.peft_targets` (paper: r=2, alpha=32, dropout 0.05 on q/v); IA3 on the same.
+    `cfg`: any object with those fields (the run's `TrainConfig`)."""
     silence_bitsandbytes()  # importing peft imports bitsandbytes, which warns about optional CPU kernels
     from peft import IA3Config, LoraConfig
 
@@ -31,10 +27,10 @@ def peft_config(method: str, cfg: TrainConfig):
                           target_modules=targets, task_type="CAUSAL_LM")
     if method == "ia3":
         return IA3Config(target_modules=targets, feedforward_modules=[], task_type="CAUSAL_LM")
-    raise ConfigError(f"unknown PEFT method {method!r}; known: {PEFT_METHODS}")
+    raise ConfigError(f"unknown peft adapter {method!r}; known: {PEFT_KINDS}")
 
 
-def attach(lm: nn.Module, method: str, cfg: TrainConfig):
+def attach_peft(lm: nn.Module, method: str, cfg):
     """Inject the adapter into `lm` in place (its own forward now includes it); returns the `PeftModel`
     wrapper, for `save_pretrained` and `unload`."""
     config = peft_config(method, cfg)

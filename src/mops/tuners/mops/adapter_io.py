@@ -69,6 +69,15 @@ def _read_config(file: Path) -> tuple[dict, MoPConfig]:
         raise ModelLoadError(f"{file}: {err}") from None
 
 
+def saved_base_identity(directory: Path) -> dict:
+    """The base identity an adapter folder was saved with (name, architecture, compression settings), read
+    before any model is loaded, so the same base can be built for it."""
+    file = directory / CONFIG_NAME
+    if not file.is_file():
+        raise ModelLoadError(f"{directory} is not a MoPs adapter: {CONFIG_NAME} is missing")
+    return _read_config(file)[0].get("base", {})
+
+
 def _read_weights(file: Path, device: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     try:
         with safe_open(str(file), framework="pt") as handle:
@@ -89,7 +98,7 @@ def read_adapter(directory: Path, base: BaseModel) -> AdapterFiles:
     payload, config = _read_config(cfg_file)
     saved_base = payload.get("base", {})
     diffs = [f"{k}: adapter {saved_base.get(k)!r} vs base {v!r}" for k, v in base.identity.items()
-             if saved_base.get(k) != v]
+             if saved_base.get(k) != v and (k in saved_base or k != "compression_settings")]  # older adapters lack it
     if diffs:
         raise ModelLoadError(f"adapter {directory} was trained for another base model ({'; '.join(diffs)})")
     state, metadata = _read_weights(weights, str(base.model.device))
@@ -104,7 +113,7 @@ def read_adapter(directory: Path, base: BaseModel) -> AdapterFiles:
         raise ModelLoadError(f"{weights}: the tensors do not match the digest recorded when they were saved (damaged "
                              "file?); save or copy the adapter again")
     expected = expected_shapes(config, base.model.config.hidden_size)
-    own = {k: v for k, v in state.items() if not k.startswith("lm.")}
+    own = state
     wrong = [f"{k} has shape {list(own[k].shape)}, the config implies {list(s)}" for k, s in expected.items()
              if k in own and tuple(own[k].shape) != s]
     missing = sorted(set(expected) - set(own) - {"gate.strength"})  # adapters older than the strength lack it

@@ -35,7 +35,7 @@ class MoPConfig:
     gate_hidden_size: int = field(default=256, metadata={"help": "Hidden width d_g of the gate MLP."})
     gate_mode: str = field(
         default="scaled",
-        metadata={"help": "scaled: weights E * softmax (a uniform gate is neutral, equal to no gate); "
+        metadata={"stage": "gate", "help": "scaled: weights E * softmax (a uniform gate is neutral, equal to no gate); "
                           "softmax: the paper's plain softmax weights (sum to 1)."},
     )
     routing: str = field(
@@ -48,38 +48,39 @@ class MoPConfig:
     )
     gate_input: str = field(
         default="prompt",
-        metadata={"help": "What the gate averages: prompt (instruction + input: what it sees when generating, and "
+        metadata={"stage": "gate", "help": "What the gate averages: prompt (instruction + input: what it sees when generating, and "
                           "what gate pretraining trains on) or sequence (every token, the response included)."},
     )
     gate_strength: float = field(
         default=1.0,
-        metadata={"help": "Attention routing: s in the attention bias s * log(E g): 1 = the gate's full effect, "
+        metadata={"stage": "gate", "help": "Attention routing: s in the attention bias s * log(E g): 1 = the gate's full effect, "
                           "0 = neutral (every expert weighted equally, whatever the gate says), in between = a "
                           "softened gate."},
     )
     learn_gate_strength: bool = field(
-        default=False, metadata={"help": "Train s with the gate (from gate_strength): the run learns how much "
+        default=False, metadata={"stage": "gate", "help": "Train s with the gate (from gate_strength): the run learns how much "
                                          "routing helps."},
     )
     gate_noise: float = field(
-        default=0.0, metadata={"help": "Std of Gaussian noise on the gate scores during training (router "
+        default=0.0, metadata={"stage": "gate", "help": "Std of Gaussian noise on the gate scores during training (router "
                                        "perturbation against collapse; 0 = none)."},
     )
     use_gate: bool = field(
-        default=True, metadata={"help": "False: plain prompt tuning at the injection layer (the paper's baseline)."}
+        default=True, metadata={"set_by_run": True, "stage": "gate", "help": "False: plain prompt tuning at the injection layer (the paper's baseline)."}
     )
-    prompt_init: str = field(
-        default="input_prompts",
-        metadata={"help": "Expert prompt init: input_prompts (the hidden states P^1 has at the injection layer, "
+    prompt_init: str | None = field(
+        default=None,
+        metadata={"help": "Expert prompt init (default: input_prompts, or vocab without input prompts): "
+                          "input_prompts (the hidden states P^1 has at the injection layer, "
                           "so training starts from the frozen-input-prompt model), task_examples (expert e: "
                           "the mean hidden states at the injection layer of prompts_per_expert training "
                           "examples of its task), vocab (random token "
                           "embeddings), random (normal, embedding scale), text (embeddings of prompt_init_text)."},
     )
     prompt_init_text: str | None = field(default=None, metadata={"help": "Text for prompt_init='text'."})
-    init_seed: int = field(default=0, metadata={"help": "Seed of the input and expert prompt initialisation."})
+    init_seed: int = field(default=0, metadata={"set_by_run": True, "help": "Seed of the input and expert prompt initialisation."})
     tasks: list[str] = field(
-        default_factory=list, metadata={"help": "Task names in order; task i is pretrained onto expert i mod E."}
+        default_factory=list, metadata={"set_by_run": True, "help": "Task names in order; task i is pretrained onto expert i mod E."}
     )
 
     def __post_init__(self) -> None:
@@ -96,19 +97,22 @@ class MoPConfig:
             raise ConfigError(f"MoPConfig.gate_input must be one of {GATE_INPUTS}, got {self.gate_input!r}")
         if self.gate_noise < 0:
             raise ConfigError(f"MoPConfig.gate_noise must be >= 0, got {self.gate_noise}")
+        if self.num_input_prompts is None:
+            self.num_input_prompts = self.num_slots
+        if self.prompt_init is None:
+            self.prompt_init = "input_prompts" if self.num_input_prompts else "vocab"
         if self.prompt_init not in PROMPT_INITS:
             raise ConfigError(f"MoPConfig.prompt_init must be one of {PROMPT_INITS}, got {self.prompt_init!r}")
         if self.prompt_init == "text" and not self.prompt_init_text:
             raise ConfigError("MoPConfig.prompt_init='text' needs prompt_init_text")
-        if self.num_input_prompts is None:
-            self.num_input_prompts = self.num_slots
         if self.num_input_prompts not in (0, self.num_slots):
             raise ConfigError(
                 f"MoPConfig.num_input_prompts must be 0 or the number of prompt slots = {self.num_slots} "
                 f"(the input prompts and the experts share the same positions), got {self.num_input_prompts}"
             )
         if self.prompt_init == "input_prompts" and self.num_input_prompts == 0:
-            self.prompt_init = "vocab"
+            raise ConfigError("MoPConfig.prompt_init='input_prompts' needs input prompts (num_input_prompts=0 "
+                              "leaves none): choose task_examples, vocab, random or text")
 
     @property
     def num_prompts(self) -> int:

@@ -16,6 +16,7 @@ generation; the slots always sit at positions 0..K-1.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Literal, Sequence
 
@@ -23,7 +24,7 @@ import torch
 from torch import nn
 
 from mops.data.tokenization import IGNORE_INDEX
-from mops.errors import ConfigError, ModelLoadError
+from mops.errors import ConfigError
 from mops.models.loading import BaseModel
 from mops.tuners.mops.adapter_io import read_adapter, save_adapter
 from mops.tuners.mops.attention import SlotState, gated_name
@@ -319,6 +320,12 @@ class MoPModel(nn.Module):
         self.state.injection_layer = self.config.injection_layer if stage == "mop" else self.lm.config.num_hidden_layers
         return [p for p in self.parameters() if p.requires_grad]
 
+    def use_gate_(self, on: bool) -> None:
+        """Switch between MoPs (experts weighted by the gate) and plain prompt tuning of the same slots (the
+        baseline); the model's config says which, so a saved adapter records it."""
+        self.config = replace(self.config, use_gate=on)
+        self.gate.trainable_(self.stage == "mop" and on)
+
     def trainable_parameters(self) -> int:
         """Free trainable parameters. Merge routing without a gate (the baseline) uses the experts only through
         their mean, so it is prompt tuning of `num_slots` prompts and counts as such (Adam moves every expert by
@@ -329,25 +336,15 @@ class MoPModel(nn.Module):
         return count
 
     def adapter_state(self) -> dict[str, torch.Tensor]:
-        """Everything the adapter owns (no base weights), plus `lm.<name>` for any weights trained inside the
-        base model (a LoRA / IA3 adapter attached to it), so checkpoints and stages keep those too."""
+        """Everything the adapter owns: input prompts, expert prompts, gate (no base weights)."""
         state = {"input_prompts": self.input_prompts, "expert_prompts": self.expert_prompts}
         state.update({f"gate.{k}": v for k, v in self.gate.state_dict().items()})
-        state.update({f"lm.{k}": v for k, v in self.lm.named_parameters() if v.requires_grad})
         return {k: v.detach().float().cpu().contiguous() for k, v in state.items()}
 
     @torch.no_grad()
     def load_adapter_state(self, state: dict[str, torch.Tensor]) -> None:
         self.input_prompts.copy_(state["input_prompts"])
         self.expert_prompts.copy_(state["expert_prompts"])
-        inside = {k.removeprefix("lm."): v for k, v in state.items() if k.startswith("lm.")}
-        if inside:
-            missing = set(inside) - {k for k, _ in self.lm.named_parameters()}
-            if missing:
-                raise ModelLoadError(f"adapter weights for modules this model lacks: {sorted(missing)[:3]}")
-            params = dict(self.lm.named_parameters())
-            for k, v in inside.items():
-                params[k].copy_(v)
         gate = {k.removeprefix("gate."): v for k, v in state.items() if k.startswith("gate.")}
         gate.setdefault("strength", self.gate.strength.detach())  # adapters saved before the strength existed
         self.gate.load_state_dict(gate)

@@ -25,7 +25,7 @@ import torch
 from mops.data.batching import collate, length_sorted_batches
 from mops.data.tokenization import Encoded
 from mops.errors import ConfigError
-from mops.evaluation.perplexity import LogitsFn
+from mops.models.logits import LogitsFn
 from mops.paths import cache_dir
 from mops.progress import progress_bar
 from mops.tuners.mops.model import MoPModel

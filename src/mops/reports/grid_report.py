@@ -1,4 +1,4 @@
-"""Reports of a grid: `results.md` (tables of mean +- std over seeds, MoPs' paired gain, trainable
+"""Reports of a grid (`mops reproduce`): `results.md` (tables of mean +- std over seeds, MoPs' paired gain, trainable
 parameters) and PNG figures (sweeps, gate heatmaps). Written after every finished cell."""
 
 from __future__ import annotations
@@ -8,18 +8,10 @@ from pathlib import Path
 from typing import Sequence
 
 from mops.reports.figures import plt, save_gate_heatmap
+from mops.reports.run_report import pairs as method_pairs
+from mops.reports.stats import format_mean_std, mean_std, relative_gain
 from mops.reports.tables import markdown_table
-from mops.training.seeds import mean_std, relative_gain
-
-# (reference, method) pairs whose paired gain a table shows: MoPs over prompt tuning (centralised) or FedPrompt
-# (federated), and MoPs on the frozen LoRA model over LoRA alone (Table 8).
-PAIRS = (("baseline", "mops"), ("fedprompt", "mops"), ("lora", "lora_mops"))
-
-
-def _mean_std(values: Sequence[float], sign: str = "") -> str:
-    """"mean +- std" over seeds; a single seed's value alone (it has no spread to show)."""
-    s = mean_std(values)
-    return f"{s['mean']:{sign}.2f}" + (f" +- {s['std']:.2f}" if len(values) > 1 else "")
+from mops.tuners.registry import METHODS
 
 
 def _methods(records: Sequence[dict]) -> list[str]:
@@ -37,9 +29,10 @@ def gains(record: dict, reference: str, method: str) -> list[float]:
 
 
 def comparison_table(records: Sequence[dict]) -> str:
-    """Rows = cells; PPL per method (mean +- std over seeds); the paired gains of `PAIRS` the cells ran."""
+    """Rows = cells; PPL per method (mean +- std over seeds); the paired gain of each method over its registered
+    reference (MoPs over prompt tuning or FedPrompt, MoPs on the frozen LoRA model over LoRA) where both ran."""
     methods = _methods(records)
-    pairs = [(a, b) for a, b in PAIRS if a in methods and b in methods]
+    pairs = method_pairs(methods)
     headers = ["setting", "seeds", *methods]
     for a, b in pairs:
         headers += [f"{b} vs {a}: gain % (mean +- std)", "per seed"]
@@ -47,10 +40,10 @@ def comparison_table(records: Sequence[dict]) -> str:
     for r in records:
         ran = r["settings"]["methods"]
         row: list[object] = [r["name"], len(r["per_seed"])]
-        row += [_mean_std(ppl_values(r, m)) if m in ran else "" for m in methods]
+        row += [format_mean_std(ppl_values(r, m)) if m in ran else "" for m in methods]
         for a, b in pairs:
             g = gains(r, a, b) if a in ran and b in ran else None
-            row += [_mean_std(g, "+"), " ".join(f"{x:+.1f}" for x in g)] if g else ["", ""]
+            row += [format_mean_std(g, sign="+"), " ".join(f"{x:+.1f}" for x in g)] if g else ["", ""]
         rows.append(row)
     counts: dict[str, int] = {}  # each method's count, from the first cell that ran it
     for r in records:
@@ -129,7 +122,7 @@ def final_gate_figures(records: Sequence[dict], out: Path) -> list[tuple[Path, d
     """Per cell with a gate (mops, lora_mops): the task x expert gate after training, first seed."""
     figures = []
     for r in records:
-        gated = [m for m in ("mops", "lora_mops") if m in r["settings"]["methods"]]
+        gated = [m for m in r["settings"]["methods"] if METHODS[m].uses_gate]
         if not gated:
             continue
         seed, entry = next(iter(r["per_seed"].items()))

@@ -1,4 +1,5 @@
-"""The compression report that sits in every compressed model folder (``mops_compression.json``)."""
+"""The compression report a compressed model folder carries (``mops_compression.json``): read when loading
+any folder, written by `mops.compression`."""
 
 from __future__ import annotations
 
@@ -19,6 +20,17 @@ def read_compression_report(folder: Path) -> dict:
         return json.loads(file.read_text())
     except json.JSONDecodeError as err:
         raise ModelLoadError(f"{file}: damaged compression report ({err}); delete the folder to rebuild it") from err
+
+
+def compression_settings(report: dict) -> dict | None:
+    """The settings that decide a compressed folder's weights: its CompressionConfig, calibration fields only
+    for the methods that read calibration data (SparseGPT, Wanda). None for an uncompressed folder."""
+    config = report.get("config")
+    if not config:
+        return None
+    if config.get("prune") in ("sparsegpt", "wanda"):
+        return dict(config)
+    return {k: v for k, v in config.items() if not k.startswith("calib_")}
 
 
 def write_compression_report(folder: Path, report: dict) -> None:

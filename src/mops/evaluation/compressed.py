@@ -6,10 +6,11 @@ import json
 from pathlib import Path
 
 from mops.compression.compress import CompressedModel, base_key
-from mops.compression.report import write_compression_report
+from mops.models.report import write_compression_report
 from mops.data import Tokenizer, load_splits
 from mops.data.selection import first_per_task
-from mops.evaluation import base_logits_fn, evaluate_perplexity
+from mops.evaluation.perplexity import evaluate_perplexity
+from mops.models.logits import base_logits_fn
 from mops.models.loading import BaseModel, load_base_model
 from mops.paths import cache_dir
 

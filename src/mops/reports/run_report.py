@@ -1,0 +1,72 @@
+"""Reports of one run folder (`mops train`, `mops federate`): `results.json` / `results.md` (per-task PPL of
+every method, the paired gain of each method over its reference), gate heatmaps, loss curves, per-round tables,
+and the multi-seed `summary.{json,md}`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+from mops.evaluation.results import OVERALL, RunResult
+from mops.reports.figures import loss_curves, save_gate_heatmap
+from mops.reports.stats import paired_summary, relative_gain
+from mops.reports.tables import ROUND_HEADERS, markdown_table, round_rows
+from mops.tuners.registry import METHODS
+
+
+def pairs(methods: Sequence[str]) -> list[tuple[str, str]]:
+    """(reference, method) for every method of the run whose registered reference also ran."""
+    return [(ref, m) for m in methods if m in METHODS and (ref := METHODS[m].reference(methods))]
+
+
+def comparison_rows(result: RunResult, methods: Sequence[str]) -> tuple[list[str], list[list[object]]]:
+    """Per-task PPL table: frozen input prompts, each method, and each paired gain (method vs its reference)."""
+    compared = pairs(methods)
+    headers = ["task", "input prompts only", *methods]
+    headers += [METHODS[m].gain_label or f"{m} vs {ref}" for ref, m in compared]
+    rows = []
+    for task in [*result.tasks, OVERALL]:
+        row: list[object] = [task, result.input_prompts_only.task_ppl(task)]
+        row += [result.ppl(m, task) for m in methods]
+        row += [f"{relative_gain(result.ppl(ref, task), result.ppl(m, task)):+.1f}%" for ref, m in compared]
+        rows.append(row)
+    return headers, rows
+
+
+def write_run_report(run_dir: Path, result: RunResult, methods: Sequence[str]) -> None:
+    """results.json (every number, settings, base, versions), results.md, gate heatmaps, loss curves; per-round
+    table when the methods ran federated."""
+    (run_dir / "results.json").write_text(json.dumps(result.to_dict(), indent=2))
+    headers, rows = comparison_rows(result, methods)
+    text = "Test perplexity on response tokens (lower is better). Gain = (baseline - MoPs) / baseline.\n\n"
+    (run_dir / "results.md").write_text(text + markdown_table(headers, rows))
+    if result.pretrained_gate is not None:
+        save_gate_heatmap(result.pretrained_gate, result.tasks, "gate after pretraining", run_dir / "gate_pretrained.png")
+    gated = [m for m in methods if result.methods[m].final.gate is not None]
+    for m in gated:  # the first gated method's is gate_final.png
+        name = "gate_final.png" if m == gated[0] else f"gate_final_{m}.png"
+        save_gate_heatmap(result.methods[m].final.gate, result.tasks, f"gate after {m} training", run_dir / name)
+    loss_curves({m: result.methods[m].losses for m in methods}, "training loss", run_dir / "loss.png")
+    if any(result.methods[m].rounds is not None for m in methods):
+        (run_dir / "rounds.md").write_text("Per round (test PPL on the eval subset; bytes as serialised by Flower).\n\n"
+                                           + markdown_table(ROUND_HEADERS, round_rows(result, methods)))
+
+
+def seed_summary(per_seed: dict[int, RunResult], methods: Sequence[str]) -> dict:
+    """The paired summary of the run's first (reference, method) pair; {} when no pair ran."""
+    compared = pairs(methods)
+    return paired_summary(per_seed, *compared[0]) if compared else {}
+
+
+def summary_markdown(summary: dict) -> str:
+    """Per task: both methods' PPL (mean +- std) and the gain (mean +- std, per seed)."""
+    ref, method = summary.get("reference", "baseline"), summary.get("method", "mops")
+    headers = ["task", f"{ref} PPL", f"{method} PPL", "gain % (mean +- std)", "gain % per seed"]
+    rows = []
+    for task, gain in summary["gain_percent"].items():
+        b, m = summary["ppl"][ref][task], summary["ppl"][method][task]
+        rows.append([task, f"{b['mean']:.2f} +- {b['std']:.2f}", f"{m['mean']:.2f} +- {m['std']:.2f}",
+                     f"{gain['mean']:+.2f} +- {gain['std']:.2f}", " ".join(f"{g:+.1f}" for g in gain["per_seed"])])
+    head = f"Paired {ref} vs {method} over seeds {summary['seeds']}; gain = ({ref} - {method}) / {ref}.\n\n"
+    return head + markdown_table(headers, rows)
