@@ -1,10 +1,12 @@
 """The mixture's research options: gate strength (fixed / learned), router noise, load balancing, soft gate
-pretraining, task-example expert init, `--set`, the shared stage store and the experiment log."""
+pretraining, task-example expert init, the options of `mops train`, the shared stage store, the experiment log."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -337,5 +339,9 @@ def test_mops_on_a_frozen_lora_model(tmp_path, tiny_model_dir):
     experts, gate = 7 * 1 * 64, 64 * 256 + 256 + 256 * 7 + 7  # 7 experts x 1 prompt x width 64; gate MLP
     assert results["lora_mops"]["trainable_parameters"] == experts + gate  # LoRA is not trained again
     assert results["lora_mops"]["final"]["ppl"]["overall"]["ppl"] != results["lora"]["final"]["ppl"]["overall"]["ppl"]
+    # lora_mops trains from the prefix cache, keyed by the frozen LoRA weights: its train and test caches,
+    # besides the test cache the gate matrix after pretraining read (without LoRA). Exactness: test_prefix_cache
+    caches = Path(os.environ["MOPS_HOME"]) / "activations"
+    assert len([c for c in caches.iterdir() if not c.name.startswith(".")]) == 3
     bad = run_cli("train", "--model", str(tiny_model_dir), *ARGS, "--method", "lora_mops", "-o", str(tmp_path / "x"))
     assert bad.returncode == 2 and "lora_mops trains on the finished lora stage" in bad.stderr

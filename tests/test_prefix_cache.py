@@ -91,3 +91,33 @@ def test_gate_inputs_from_cache_equal_running_the_lower_layers(tiny_tokenizer, t
     feats, task_ids = gate_features(mop, enc, batch_size=4, pad_id=0)
     torch.testing.assert_close(cache.gate_inputs(range(len(enc))), feats, rtol=1e-5, atol=1e-6)
     assert task_ids.tolist() == [e.task_id for e in enc]
+
+
+def test_cache_on_a_frozen_lora_model_is_exact_and_keyed_by_its_weights(tiny_tokenizer, tmp_path):
+    """MoPs on a frozen LoRA model (lora_mops): the cached states include LoRA's effect below the injection
+    layer, so cached logits equal the full forward; other LoRA weights open another cache."""
+    from mops.models.fingerprint import tensors_digest
+    from mops.training.config import TrainConfig
+    from mops.tuners.registry import METHODS
+
+    mop = make_mop(tokenizer=tiny_tokenizer, routing="merge", prompts_per_expert=2)
+    peft = METHODS["lora_mops"].attach(mop.lm, TrainConfig())
+    with torch.no_grad():
+        for name, p in mop.lm.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)  # LoRA B starts at zero: make the adapter change the states
+    mop.lm.requires_grad_(False)
+    mop.lm.eval()
+    frozen = tensors_digest({n: p.detach() for n, p in mop.lm.named_parameters() if "lora_" in n})
+    mop.set_stage("mop")
+    enc = encoded(tiny_tokenizer)
+    cache = open_prefix_cache(mop, enc, pad_id=0, root=tmp_path, frozen=frozen)
+    idx = [1, 4, 6]
+    b = device_batch([enc[i] for i in idx], idx, 0, "cpu")
+    pos = loss_positions(b["labels"])
+    full, cached = (token_nll(fn(b, pos), b["labels"], pos)[0] for fn in (mop_logits_fn(mop), mop_logits_fn(mop, cache)))
+    torch.testing.assert_close(cached, full, rtol=1e-5, atol=1e-5)  # per-example NLL (padding positions aside)
+    assert open_prefix_cache(mop, enc, pad_id=0, root=tmp_path).folder != cache.folder
+    peft.unload()
+    without_lora = token_nll(mop_logits_fn(mop)(b, pos), b["labels"], pos)[0]
+    assert (without_lora - full).abs().max() > 1e-3  # the frozen LoRA changes what the cache holds

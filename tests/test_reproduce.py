@@ -64,6 +64,7 @@ def test_builtin_grids_cover_the_paper():
     assert all(c.methods == ["baseline", "mops", "lora", "ia3"] and c.model.model == "gemma3-270m" and c.seeds == [5]
                for c in table4.cells)
     assert table4.cells[0].train["steps"] > builtin_grid("table4").cells[0].train["steps"]
+    assert builtin_grid("table4").cells[0].model.dtype == "bfloat16" and table4.cells[0].model.dtype == "auto"
     assert [c.mop["injection_layer"] for c in builtin_grid("fig3").cells] == [3, 10, 20]
     assert [c.mop["injection_layer"] for c in builtin_grid("fig3", model="gemma3-270m").cells] == [2, 6, 12]
     assert [c.mop["injection_layer"] for c in builtin_grid("fig3", "full", model="gemma3-270m").cells] == \

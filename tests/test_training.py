@@ -145,3 +145,27 @@ def test_length_grouped_batches_cover_each_epoch_and_cut_padding():
 
     plain = [step_indices(64, 4, s, seed=1) for s in range(32)]
     assert padding(steps) < 0.5 * padding(plain)
+
+
+def test_bf16_base_trains_fp32_master_prompts_close_to_fp32(tiny_tokenizer, tmp_path):
+    """A bf16 base computes in bf16 while the prompts, the gate and Adam's state stay fp32: the updates are
+    not lost to bf16 rounding, and the loss curve follows the fp32 run's closely."""
+    losses = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        base = BaseModel(tiny_model("llama").to(dtype), tiny_tokenizer, "tiny", "memory")
+        model = MoPModel(base, MoPConfig(num_experts=2, prompts_per_expert=2, injection_layer=2, prompt_init="random"))
+        assert model.expert_prompts.dtype == model.input_prompts.dtype == torch.float32
+        assert {p.dtype for p in model.gate.parameters()} == {torch.float32}
+        examples = [Example("ab"[i % 2], f"Question {i} about rivers", "", f"Answer {i}") for i in range(12)]
+        data = Tokenizer(tiny_tokenizer, ["a", "b"], 64).encode_all(examples)
+        rt = Runtime.create(tmp_path / str(dtype), device="cpu", progress=False)
+        model.set_stage("mop")
+        before = model.expert_prompts.detach().clone()
+        groups = [{"params": [model.expert_prompts], "lr": 1e-3}, {"params": list(model.gate.parameters()), "lr": 1e-3}]
+        cfg = TrainConfig(steps=8, batch_size=4, checkpoint_every=0)
+        losses[dtype] = train_steps(model, "mops", groups, data, cfg.steps, cfg, rt, 0)
+        moved = (model.expert_prompts.detach() - before).abs()
+        assert moved.max() > 0 and moved.max() < 1e-2  # lr-sized steps, kept although bf16 could not hold them
+    assert losses[torch.float32] != losses[torch.bfloat16]
+    for a, b in zip(losses[torch.float32], losses[torch.bfloat16]):
+        assert b == pytest.approx(a, rel=2e-2)

@@ -117,6 +117,36 @@ def read_jsonl(path: Path, skip_invalid: bool = False) -> LoadResult:
     return out.result
 
 
+def read_prompts(path: Path) -> list[dict]:
+    """Prompts to answer: one JSON object per line with ``instruction`` (required) and ``input`` (optional);
+    other fields are kept. Errors name the file and line."""
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    records = []
+    for lineno, line, problem in _lines(path):
+        where = f"{path}:{lineno}"
+        if line is None:
+            raise DataError(f"{where}: {problem}")
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise ValueError(f"expected a JSON object, got {type(record).__name__}")
+            record["instruction"] = _text(record, "instruction", required=True, nonempty=True)
+            record["input"] = _text(record, "input", required=False, nonempty=False)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from None
+        except KeyError as err:
+            raise DataError(f"{where}: missing field {err}") from None
+        except ValueError as err:
+            raise DataError(f"{where}: {err}") from None
+        records.append(record)
+    if not records:
+        raise DataError(f"{path}: no prompts")
+    return records
+
+
 def _load_json(path: Path) -> Any:
     raw = path.read_bytes()
     try:

@@ -22,6 +22,7 @@ class Evaluation:
     step: int
     ppl: dict
     gate: list[list[float]] | None = None
+    generation: dict | None = None  # `TaskMetrics.to_dict()` of greedy answers (rougeL, exact_match)
 
     def task_ppl(self, task: str = OVERALL) -> float:
         """PPL of one task, or of all tokens together (``"overall"``)."""
@@ -31,12 +32,19 @@ class Evaluation:
     def overall(self) -> float:
         return self.task_ppl(OVERALL)
 
+    def metric(self, name: str, task: str = OVERALL) -> float | None:
+        """rougeL / exact_match of one task or overall (None when not scored)."""
+        if self.generation is None:
+            return None
+        return (self.generation["overall"] if task == OVERALL else self.generation["per_task"][task])[name]
+
     def to_dict(self) -> dict:
-        return {"step": self.step, "ppl": self.ppl} | ({"gate": self.gate} if self.gate is not None else {})
+        out = {"step": self.step, "ppl": self.ppl, "gate": self.gate, "generation": self.generation}
+        return {k: v for k, v in out.items() if v is not None}
 
     @classmethod
     def from_dict(cls, data: dict) -> "Evaluation":
-        return cls(step=data["step"], ppl=data["ppl"], gate=data.get("gate"))
+        return cls(step=data["step"], ppl=data["ppl"], gate=data.get("gate"), generation=data.get("generation"))
 
 
 @dataclass

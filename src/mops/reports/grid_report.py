@@ -52,7 +52,16 @@ def comparison_table(records: Sequence[dict]) -> str:
             if seed[m].get("trainable_parameters"):
                 counts.setdefault(m, seed[m]["trainable_parameters"])
     params = ", ".join(f"{m} {counts[m]:,}" for m in methods if m in counts)
-    return markdown_table(headers, rows) + f"\nTrainable parameters: {params}.\n"
+    text = markdown_table(headers, rows) + f"\nTrainable parameters: {params}.\n"
+    scored = [r for r in records if all("rougeL" in seed.get(m, {}) for seed in r["per_seed"].values()
+                                        for m in r["settings"]["methods"])]
+    if scored:  # cells evaluated with --eval-metrics rougeL: the same table in ROUGE-L (x100, higher is better)
+        rouge_rows = [[r["name"], len(r["per_seed"]), *(format_mean_std([100 * s[m]["rougeL"] for s in r["per_seed"].values()])
+                                                         if m in r["settings"]["methods"] else "" for m in methods)]
+                      for r in scored]
+        text += "\nROUGE-L F1 of greedy answers (x100, mean +- std over seeds):\n\n"
+        text += markdown_table(["setting", "seeds", *methods], rouge_rows)
+    return text
 
 
 def sweep_figure(records: Sequence[dict], x_label: str, xs: Sequence[float], title: str, path: Path) -> Path:

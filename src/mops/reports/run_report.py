@@ -34,13 +34,40 @@ def comparison_rows(result: RunResult, methods: Sequence[str]) -> tuple[list[str
     return headers, rows
 
 
+def metric_rows(result: RunResult, methods: Sequence[str], name: str) -> tuple[list[str], list[list[object]]]:
+    """Per-task `name` (rougeL / exact_match) of greedy answers: input prompts only, each method, and each
+    method's difference to its reference in points (positive: better); empty when not scored."""
+    evals = [result.input_prompts_only, *(result.methods[m].final for m in methods)]
+    if any(e.generation is None for e in evals):
+        return [], []
+    compared = pairs(methods)
+    headers = ["task", "input prompts only", *methods, *(f"{m} - {ref}" for ref, m in compared)]
+    rows = []
+    for task in [*result.tasks, OVERALL]:
+        values = [e.metric(name, task) for e in evals]
+        if all(v is None for v in values):
+            continue
+        row: list[object] = [task, *("-" if v is None else 100 * v for v in values)]
+        for ref, m in compared:
+            a, b = result.methods[ref].final.metric(name, task), result.methods[m].final.metric(name, task)
+            row.append(f"{100 * (b - a):+.1f}")
+        rows.append(row)
+    return headers, rows
+
+
 def write_run_report(run_dir: Path, result: RunResult, methods: Sequence[str]) -> None:
     """results.json (every number, settings, base, versions), results.md, gate heatmaps, loss curves; per-round
     table when the methods ran federated."""
     (run_dir / "results.json").write_text(json.dumps(result.to_dict(), indent=2))
     headers, rows = comparison_rows(result, methods)
     text = "Test perplexity on response tokens (lower is better). Gain = (baseline - MoPs) / baseline.\n\n"
-    (run_dir / "results.md").write_text(text + markdown_table(headers, rows))
+    text += markdown_table(headers, rows)
+    for name, title in (("rougeL", "ROUGE-L F1"), ("exact_match", "Exact match (label tasks)")):
+        m_headers, m_rows = metric_rows(result, methods, name)
+        if m_rows:
+            text += f"\n{title} of greedy answers, x100 (higher is better; differences in points).\n\n"
+            text += markdown_table(m_headers, m_rows)
+    (run_dir / "results.md").write_text(text)
     if result.pretrained_gate is not None:
         save_gate_heatmap(result.pretrained_gate, result.tasks, "gate after pretraining", run_dir / "gate_pretrained.png")
     gated = [m for m in methods if result.methods[m].final.gate is not None]

@@ -22,6 +22,8 @@ def _method_record(result: MethodResult) -> dict:
     final = result.final
     record = {"ppl": final.overall, "per_task": {t: s["ppl"] for t, s in final.ppl["per_task"].items()},
               "trainable_parameters": result.trainable_parameters}
+    if final.generation is not None:
+        record |= {"rougeL": final.metric("rougeL"), "exact_match": final.metric("exact_match")}
     if final.gate is not None:
         record["gate"] = final.gate
         record["gate_during"] = [{"step": e.step, "gate": e.gate} for e in result.evaluations if e.gate is not None]

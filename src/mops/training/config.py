@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from mops.errors import ConfigError
+from mops.evaluation.generation import METRICS
 
 
 @dataclass
@@ -49,6 +50,11 @@ class TrainConfig:
     eval_every: int = field(default=0, metadata={"stage": "main", "help": "Evaluate every N steps (0: only at the end)."})
     eval_limit_per_task: int | None = field(default=None, metadata={"help": "Test examples per task to score."})
     eval_batch_size: int = field(default=8, metadata={"help": "Evaluation batch size."})
+    eval_metrics: str = field(default="ppl", metadata={
+        "stage": "main", "help": "Comma-separated: ppl (always), rougeL, exact_match (ROUGE-L, and exact match on "
+                                 "label tasks, of greedy answers to the test prompts; generation is slow on CPU)."})
+    eval_max_new_tokens: int = field(default=64, metadata={
+        "stage": "main", "help": "Answer length for rougeL / exact_match."})
     checkpoint_every: int = field(default=50, metadata={"stage": "never", "help": "Checkpoint every N steps (0: never)."})
     max_grad_norm: float | None = field(default=None, metadata={"help": "Clip gradients to this norm."})
     seed: int = field(default=0, metadata={"set_by_run": True, "help": "Seed of data order and initialisation."})
@@ -84,10 +90,25 @@ class TrainConfig:
         if self.eval_limit_per_task is not None and self.eval_limit_per_task < 1:
             raise ConfigError(f"TrainConfig.eval_limit_per_task must be >= 1 (or unset: the whole test split), "
                               f"got {self.eval_limit_per_task}")
+        unknown = set(self.metrics) - set(METRICS)
+        if unknown or "ppl" not in self.metrics:
+            raise ConfigError(f"TrainConfig.eval_metrics must list ppl and any of {', '.join(METRICS[1:])}, "
+                              f"got {self.eval_metrics!r}")
+        if self.eval_max_new_tokens < 1:
+            raise ConfigError(f"TrainConfig.eval_max_new_tokens must be >= 1, got {self.eval_max_new_tokens}")
         if self.gate_balance < 0:
             raise ConfigError(f"TrainConfig.gate_balance must be >= 0, got {self.gate_balance}")
         if not 0 <= self.gate_pretrain_smoothing < 1:
             raise ConfigError(f"TrainConfig.gate_pretrain_smoothing must be in [0, 1), got {self.gate_pretrain_smoothing}")
+
+    @property
+    def metrics(self) -> list[str]:
+        return [m.strip() for m in self.eval_metrics.split(",") if m.strip()]
+
+    @property
+    def generates(self) -> bool:
+        """Whether evaluations generate answers (for rougeL / exact_match)."""
+        return bool({"rougeL", "exact_match"} & set(self.metrics))
 
     @property
     def effective_gate_lr(self) -> float:

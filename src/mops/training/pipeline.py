@@ -21,8 +21,10 @@ from mops.data.batching import collate
 from mops.data.selection import first_per_task
 from mops.errors import ConfigError
 from mops.evaluation.gating import gate_matrix, weights_by_task
+from mops.evaluation.generation import generate_answers, greedy_fn, label_tasks, score_answers
 from mops.evaluation.perplexity import evaluate_perplexity
 from mops.evaluation.results import Evaluation, MethodResult, RunResult
+from mops.models.fingerprint import tensors_digest
 from mops.provenance import versions
 from mops.reports.figures import gate_heatmap_figure
 from mops.reports.run_report import write_run_report
@@ -30,7 +32,7 @@ from mops.training.config import TrainConfig
 from mops.training.gate_pretraining import pretrain_gate
 from mops.training.loop import Runtime, train_steps
 from mops.training.stages import StageStore, stage_key
-from mops.training.state import load_peft_weights, load_trainable_state, trainable_state
+from mops.training.state import PEFT_PREFIX, load_peft_weights, load_trainable_state, trainable_state
 from mops.tuners.mops.model import MoPModel
 from mops.tuners.mops.prefix_cache import PrefixCache, mop_logits_fn, open_prefix_cache
 from mops.tuners.registry import METHODS, Method
@@ -64,11 +66,13 @@ class Pipeline:
         test = self.splits.test
         if self.train_cfg.eval_limit_per_task is not None:
             test = first_per_task(test, self.train_cfg.eval_limit_per_task)
+        self.test_examples = test
         self.test_enc = tok.encode_all(test)
         self.pad_id = self.model.base.tokenizer.pad_token_id
         self.device = self.rt.accelerator.device
         self.data_digest = _token_digest(self.train_enc) + _token_digest(self.test_enc)
         self.method: Method | None = None  # the method training now (None: shared stages)
+        self.frozen_digest = ""  # of the frozen peft weights a method trains on (keys its prefix cache)
         self.store = StageStore(self.run_dir, self.rt.accelerator, lambda: trainable_state(self.model),
                                 lambda state: load_trainable_state(self.model, state))
 
@@ -76,7 +80,8 @@ class Pipeline:
         """Digest of everything stage `name` depends on: base model, data tokens, and its settings."""
         base = self.model.base
         identity = {"base": base.identity, "base_path": str(base.path), "fingerprint": base.fingerprint,
-                    "data": self.data_digest, "max_length": self.max_length, "template": self.template}
+                    "dtype": str(base.model.dtype), "data": self.data_digest, "max_length": self.max_length,
+                    "template": self.template}
         return stage_key(name, identity, self.model.config, self.train_cfg)
 
     def cache(self, split: str) -> PrefixCache | None:
@@ -88,7 +93,7 @@ class Pipeline:
         if not (self.train_cfg.cache_activations and self.model.stage == "mop" and exact):
             return None
         encoded = self.train_enc if split == "train" else self.test_enc
-        return open_prefix_cache(self.model, encoded, self.pad_id, self.train_cfg.cache_dtype)
+        return open_prefix_cache(self.model, encoded, self.pad_id, self.train_cfg.cache_dtype, frozen=self.frozen_digest)
 
     # ---- stages ---------------------------------------------------------------------------------------
     def recovery(self) -> dict:
@@ -151,7 +156,7 @@ class Pipeline:
                 self._load_frozen(method.on_frozen)
             return self._train(method)
         finally:
-            self.method = None
+            self.method, self.frozen_digest = None, ""
             if peft is not None:
                 if self.rt.is_main:  # lora_mops: the MoPs adapter is <name>/adapter, its LoRA beside it
                     peft.save_pretrained(str(self.run_dir / name / ("lora_adapter" if method.trains_prompts
@@ -160,7 +165,9 @@ class Pipeline:
 
     def _load_frozen(self, name: str) -> None:
         """Train on top of this run's finished stage `name` (paper Table 8: MoPs on the LoRA-tuned model), frozen."""
-        load_peft_weights(self.model, self.store.finished_state(name))
+        state = {k: v for k, v in self.store.finished_state(name).items() if k.startswith(PEFT_PREFIX)}
+        load_peft_weights(self.model, state)
+        self.frozen_digest = tensors_digest(state)
         self.model.lm.requires_grad_(False)
         self.model.lm.eval()  # frozen: no LoRA dropout either
 
@@ -210,11 +217,25 @@ class Pipeline:
         record: dict = {"stage": f"{label}_eval", "step": step, "eval_ppl": report["overall"]["ppl"]}
         record.update({f"eval_ppl/{t}": s["ppl"] for t, s in report["per_task"].items()})
         out = Evaluation(step=step, ppl=report)
+        if self.train_cfg.generates:
+            out.generation = self.answer_metrics()
+            record.update({f"eval_{k}": v for k, v in out.generation["overall"].items() if k != "examples"})
         if self.model.config.use_gate and self.model.stage == "mop":
             out.gate = record["gate"] = self.gate_matrix()
             self.rt.logger.figure(f"{label}/gate", gate_heatmap_figure(out.gate, self.splits.tasks, f"{label} step {step}"), step)
         self.rt.logger.log(record)
         return out
+
+    def answer_metrics(self) -> dict:
+        """ROUGE-L (and exact match on label tasks) of greedy answers to the scored test prompts."""
+        cfg = self.train_cfg
+        prompts = self.tokenizer.encode_all(self.test_examples, prompt_only=True)
+        answers, _ = generate_answers(greedy_fn(self.model.base, self.model), prompts, self.model.base.tokenizer,
+                                   cfg.eval_max_new_tokens, cfg.eval_batch_size, self.device,
+                                   progress=self.rt.progress and self.rt.is_main)
+        labels = label_tasks(self.splits.train)
+        return {"max_new_tokens": cfg.eval_max_new_tokens, "label_tasks": sorted(labels),
+                **score_answers(answers, self.test_examples, labels).to_dict()}
 
     @torch.no_grad()
     def gate_matrix(self) -> list[list[float]]:

@@ -50,8 +50,9 @@ class Method:
 
     @property
     def prefix_cache(self) -> bool:
-        """The frozen-prefix cache is exact only while nothing below the injection layer trains."""
-        return self.peft is None
+        """The frozen-prefix cache is exact while nothing below the injection layer trains: prompt methods, and
+        MoPs on a frozen peft model (its cache is keyed by those frozen weights too)."""
+        return self.peft is None or self.on_frozen is not None
 
     def lr(self, settings: object) -> float:
         """Its learning rate from a `TrainConfig`."""

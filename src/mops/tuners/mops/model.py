@@ -67,8 +67,7 @@ class MoPModel(nn.Module):
         self.layers = decoder_layers(lm)
         hidden = lm.config.hidden_size
         k = config.num_slots
-        embeddings = lm.get_input_embeddings()
-        dtype = embeddings.weight.dtype
+        dtype = torch.float32  # master copies: a bf16 / fp16 base computes in its dtype, prompts train in fp32
         self.input_prompts = nn.Parameter(self._init_prompts("vocab", k, dtype), requires_grad=False)
         self.expert_prompts = nn.Parameter(torch.zeros(config.num_prompts, hidden, dtype=dtype))
         with torch.random.fork_rng(devices=[]):  # the gate's initial weights are a function of init_seed
@@ -107,13 +106,13 @@ class MoPModel(nn.Module):
         weight = self.lm.get_input_embeddings().weight
         gen = torch.Generator().manual_seed(self.config.init_seed)
         if how == "random":
-            return (torch.randn(k, weight.shape[1], generator=gen) * weight.float().std()).to(weight)
+            return (torch.randn(k, weight.shape[1], generator=gen) * weight.float().std()).to(weight.device, dtype)
         if how == "text":
             ids = self.base.tokenizer(self.config.prompt_init_text, add_special_tokens=False)["input_ids"]
             ids = (ids * (k // max(1, len(ids)) + 1))[:k]
         else:
             ids = torch.randint(0, min(5000, weight.shape[0]), (k,), generator=gen).tolist()
-        return self.embed(torch.tensor(ids, device=weight.device).unsqueeze(0))[0].detach().clone().to(dtype)
+        return self.embed(torch.tensor(ids, device=weight.device).unsqueeze(0))[0].detach().to(dtype)
 
     @torch.no_grad()
     def init_expert_prompts(self, examples: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None) -> None:
@@ -152,7 +151,7 @@ class MoPModel(nn.Module):
         experts here makes the untrained MoP model (neutral gate) equal the frozen-input-prompt model.
         """
         mask = torch.ones(1, self.config.num_slots, dtype=torch.long, device=self.input_prompts.device)
-        return self._states_entering_injection(self.input_prompts.unsqueeze(0), mask)[0]
+        return self._states_entering_injection(self.input_prompts.unsqueeze(0).to(self.lm.dtype), mask)[0]
 
     def _states_entering_injection(self, embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Run only the layers below the injection layer: (B, S, d) embeddings -> hidden states entering it.

@@ -39,8 +39,9 @@ def _store_name(dtype: torch.dtype) -> str:
     return {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}[dtype]
 
 
-def cache_key(model: MoPModel, encoded: Sequence[Encoded], store: str) -> str:
-    """Hex digest of everything the cached states depend on."""
+def cache_key(model: MoPModel, encoded: Sequence[Encoded], store: str, frozen: str = "") -> str:
+    """Hex digest of everything the cached states depend on; `frozen`: a digest of frozen weights added inside
+    the base (a finished LoRA that MoPs trains on), which change the states below the injection layer."""
     digest = hashlib.sha256()
     below = [model.lm.get_input_embeddings().weight]
     if model.config.injection_layer > 0:
@@ -48,7 +49,7 @@ def cache_key(model: MoPModel, encoded: Sequence[Encoded], store: str) -> str:
     header = {"v": VERSION, "base": model.base.identity, "path": model.base.path, "layer": model.config.injection_layer,
               "weights": [float(p.detach().double().sum()) for p in below],
               "input_prompts": model.config.num_input_prompts, "store": store, "n": len(encoded),
-              "gate_input": model.config.gate_input}
+              "gate_input": model.config.gate_input} | ({"frozen": frozen} if frozen else {})
     digest.update(json.dumps(header, sort_keys=True).encode())
     digest.update(model.input_prompts.detach().float().cpu().numpy().tobytes())
     for enc in encoded:
@@ -132,14 +133,15 @@ class PrefixCache:
 
 
 def open_prefix_cache(
-    model: MoPModel, encoded: Sequence[Encoded], pad_id: int, store: str | None = None, root: Path | None = None
+    model: MoPModel, encoded: Sequence[Encoded], pad_id: int, store: str | None = None, root: Path | None = None,
+    frozen: str = "",
 ) -> PrefixCache:
     """Open (creating if needed) the cache for `encoded`. `store`: float32 / bfloat16 / float16; default: the
-    model's dtype, which makes cached training exactly equal to uncached training."""
+    model's dtype, which makes cached training exactly equal to uncached training. `frozen`: see `cache_key`."""
     store = store or _store_name(model.lm.dtype)
     if store not in STORE:
         raise ConfigError(f"cache dtype must be one of {sorted(STORE)}, got {store!r}")
-    folder = (root or cache_dir("activations")) / cache_key(model, encoded, store)
+    folder = (root or cache_dir("activations")) / cache_key(model, encoded, store, frozen)
     if not (folder / "meta.json").is_file():
         tmp = folder.parent / f".tmp-{folder.name}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
