@@ -15,7 +15,7 @@ from mops.data.config import DataConfig
 from mops.data.selection import first_per_task
 from mops.errors import ConfigError
 from mops.evaluation import base_logits_fn, evaluate_perplexity
-from mops.evaluation.generation import METRICS, generate_answers, greedy_fn, label_tasks, score_answers
+from mops.evaluation.generation import METRICS, answer_metrics, greedy_fn, label_tasks
 from mops.models.config import ModelConfig
 from mops.provenance import versions
 from mops.reports.tables import ppl_rows, rich_table
@@ -69,11 +69,9 @@ def eval_command(
     }
     if {"rougeL", "exact_match"} & set(wanted):
         prompts = Tokenizer(base.tokenizer, splits.tasks, d.max_length, d.template).encode_all(examples, prompt_only=True)
-        answers, _ = generate_answers(greedy_fn(base, mop), prompts, base.tokenizer, max_new_tokens, batch_size,
-                                   base.model.device, progress=not as_json)
-        labels = label_tasks(splits.train)
-        payload["generation"] = {"max_new_tokens": max_new_tokens, "label_tasks": sorted(labels),
-                                 **score_answers(answers, examples, labels).to_dict()}
+        payload["generation"] = answer_metrics(greedy_fn(base, mop), prompts, examples, label_tasks(splits.train),
+                                               base.tokenizer, max_new_tokens, batch_size, base.model.device,
+                                               progress=not as_json)
     if output:
         write_json(output, payload)
     if as_json:

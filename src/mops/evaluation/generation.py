@@ -101,3 +101,13 @@ def score_answers(answers: Sequence[str], examples: Sequence[Example], labels: s
     overall = {"rougeL": statistics.fmean(x for v in rouge.values() for x in v),
                "exact_match": statistics.fmean(every_exact) if every_exact else None, "examples": len(answers)}
     return TaskMetrics(per_task, overall)
+
+
+def answer_metrics(generate: GenerateFn, prompts: Sequence[Encoded], examples: Sequence[Example],
+                   labels: set[str], tokenizer, max_new_tokens: int, batch_size: int, device,
+                   progress: bool = True) -> dict:
+    """Greedy answers to `prompts` (the prompt-only encodings of `examples`) scored against the references:
+    ``{"max_new_tokens", "label_tasks", "per_task", "overall"}`` as results record it. `labels`: `label_tasks`."""
+    answers, _ = generate_answers(generate, prompts, tokenizer, max_new_tokens, batch_size, device, progress)
+    return {"max_new_tokens": max_new_tokens, "label_tasks": sorted(labels),
+            **score_answers(answers, examples, labels).to_dict()}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Sequence
 
@@ -21,7 +22,7 @@ from mops.data.batching import collate
 from mops.data.selection import first_per_task
 from mops.errors import ConfigError
 from mops.evaluation.gating import gate_matrix, weights_by_task
-from mops.evaluation.generation import generate_answers, greedy_fn, label_tasks, score_answers
+from mops.evaluation.generation import answer_metrics, greedy_fn, label_tasks
 from mops.evaluation.perplexity import evaluate_perplexity
 from mops.evaluation.results import Evaluation, MethodResult, RunResult
 from mops.models.fingerprint import tensors_digest
@@ -226,16 +227,17 @@ class Pipeline:
         self.rt.logger.log(record)
         return out
 
+    @cached_property
+    def _answer_inputs(self) -> tuple[list[Encoded], set[str]]:
+        """The scored test prompts (prompt-only) and the label tasks: computed once, for every evaluation."""
+        return self.tokenizer.encode_all(self.test_examples, prompt_only=True), label_tasks(self.splits.train)
+
     def answer_metrics(self) -> dict:
         """ROUGE-L (and exact match on label tasks) of greedy answers to the scored test prompts."""
-        cfg = self.train_cfg
-        prompts = self.tokenizer.encode_all(self.test_examples, prompt_only=True)
-        answers, _ = generate_answers(greedy_fn(self.model.base, self.model), prompts, self.model.base.tokenizer,
-                                   cfg.eval_max_new_tokens, cfg.eval_batch_size, self.device,
-                                   progress=self.rt.progress and self.rt.is_main)
-        labels = label_tasks(self.splits.train)
-        return {"max_new_tokens": cfg.eval_max_new_tokens, "label_tasks": sorted(labels),
-                **score_answers(answers, self.test_examples, labels).to_dict()}
+        prompts, labels = self._answer_inputs
+        return answer_metrics(greedy_fn(self.model.base, self.model), prompts, self.test_examples, labels,
+                              self.model.base.tokenizer, self.train_cfg.eval_max_new_tokens,
+                              self.train_cfg.eval_batch_size, self.device, progress=self.rt.progress and self.rt.is_main)
 
     @torch.no_grad()
     def gate_matrix(self) -> list[list[float]]:
