@@ -22,6 +22,7 @@ from mops.evaluation.results import Evaluation, MethodResult, RunResult
 from mops.tuners.mops.config import MoPConfig
 from mops.tuners.mops.gate import balance_loss, log_weights
 from mops.tuners.mops.model import MoPModel
+from mops.tuners.peft_baselines import lora_count, matched_ia3_targets, matched_lora_rank
 from mops.tuners.registry import METHODS
 from tests.conftest import tiny_model
 from tests.test_cli import run_cli
@@ -273,13 +274,19 @@ def test_peft_baselines_train_save_and_leave_the_base_clean(tmp_path, tiny_model
         assert config["peft_type"] == peft_type and sorted(config["target_modules"]) == ["q_proj", "v_proj"]
         assert (run / method / "adapter" / "adapter_model.safetensors").is_file()
         assert results[method]["final"]["ppl"]["overall"]["ppl"] != results["baseline"]["final"]["ppl"]["overall"]["ppl"]
+    # MoPs after the baseline, LoRA and IA3 were trained (and unloaded) equals MoPs alone, trained afresh in an
+    # empty MOPS_HOME (nothing from the store): each method starts from a copy of the shared state, and nothing
+    # of the others stays in the base or the prompts
+    fresh = {**os.environ, "MOPS_HOME": str(tmp_path / "fresh-home")}
     alone = run_cli("train", "--model", str(tiny_model_dir), *ARGS, "--method", "mops", "-o", str(tmp_path / "alone"),
-                    "--json")
+                    "--json", env=fresh)
     assert alone.returncode == 0, alone.stderr[-3000:]
-    # MoPs after LoRA and IA3 were trained and unloaded equals MoPs alone: nothing of them stayed in the base
+    assert {stage for stage, _ in step_records(tmp_path / "alone")} == {"recovery", "mops"}  # trained, not read back
     solo, after = json.loads(alone.stdout)["mops"], json.loads(out.stdout)["mops"]
-    assert solo["overall"]["ppl"] == pytest.approx(after["overall"]["ppl"], rel=1e-5)
-    assert "| baseline | lora | ia3 | mops | MoPs gain |" in (run / "results.md").read_text()
+    assert solo["overall"]["ppl"] == pytest.approx(after["overall"]["ppl"], rel=1e-6)
+    first = json.loads((tmp_path / "alone" / "results.json").read_text())["mops"]["losses"]
+    assert first == pytest.approx(results["mops"]["losses"], rel=1e-6)
+    assert "| baseline | lora | ia3 | mops | MoPs gain | mops vs lora |" in (run / "results.md").read_text()
     # lora_lr / ia3_lr move LoRA / IA3 only: the prompt stages come from the store, the peft ones train again
     faster = tmp_path / "peft-lr"
     out = run_cli("train", "--model", str(tiny_model_dir), *ARGS, "--method", "baseline,lora,ia3,mops",
@@ -290,6 +297,38 @@ def test_peft_baselines_train_save_and_leave_the_base_clean(tmp_path, tiny_model
     for method in ("lora", "ia3"):
         assert again[method]["final"]["ppl"] != results[method]["final"]["ppl"]
     assert again["mops"]["final"] == results["mops"]["final"]
+
+
+def test_matched_adapter_sizes_pick_the_nearest_count():
+    kinds = {"q_proj": [(64, 64)] * 4, "v_proj": [(64, 32)] * 4, "down_proj": [(128, 64)] * 4}
+    assert lora_count(kinds, ["q_proj", "v_proj"], 1) == 4 * (128 + 96)
+    assert matched_lora_rank(kinds, ["q_proj", "v_proj"], 4 * 224 * 7 + 300) == 7  # 6,572: 7 beats 8
+    assert matched_lora_rank(kinds, ["q_proj", "v_proj"], 4 * 224 * 7 + 600) == 8  # 6,872: nearer 7,168
+    assert matched_lora_rank(kinds, ["q_proj", "v_proj"], 10) == 1  # never rank 0
+    qv = ["q_proj", "v_proj"]
+    assert matched_ia3_targets(kinds, 4 * 96, qv) == qv  # 384: down + v is 384 too; the configured targets win
+    assert matched_ia3_targets(kinds, 4 * 96, ["down_proj"]) == ["down_proj", "v_proj"]
+    assert matched_ia3_targets(kinds, 10**6, qv) == ["down_proj", "q_proj", "v_proj"]  # the most it can reach
+    with pytest.raises(ConfigError, match="none of --peft-targets"):
+        matched_lora_rank(kinds, ["w_pack"], 1000)
+
+
+def test_match_parameters_sizes_lora_and_ia3_to_mops(tmp_path, tiny_model_dir):
+    run = tmp_path / "matched"
+    out = run_cli("train", "--model", str(tiny_model_dir), *ARGS, "--method", "baseline,mops,lora,ia3",
+                  "--match-parameters", "-o", str(run))
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = json.loads((run / "results.json").read_text())
+    mops = results["mops"]["trainable_parameters"]
+    lora, ia3 = results["lora"], results["ia3"]
+    per_rank = 4 * (64 + 64 + 64 + 32)  # tiny llama: q 64->64, v 64->32 in 4 layers
+    assert lora["adapter"] == {"r": round(mops / per_rank), "targets": ["q_proj", "v_proj"], "matched_to": mops}
+    assert lora["trainable_parameters"] == lora["adapter"]["r"] * per_rank
+    assert abs(lora["trainable_parameters"] - mops) <= per_rank / 2
+    assert ia3["adapter"]["matched_to"] == mops and "r" not in ia3["adapter"]
+    assert len(ia3["adapter"]["targets"]) > 2 and ia3["trainable_parameters"] > 4 * (64 + 32)
+    config = json.loads((run / "lora" / "adapter" / "adapter_config.json").read_text())
+    assert config["r"] == lora["adapter"]["r"]
 
 
 def test_prompt_gate_input_ignores_the_response_and_matches_generation(tiny_tokenizer):

@@ -33,6 +33,25 @@ def test_dtype_choice():
         resolve_dtype("fp8", torch.device("cpu"))
 
 
+def test_emulated_bf16_warns_and_quick_grids_compute_in_fp32_there(monkeypatch, capsys):
+    """An AVX2-only CPU emulates bf16 matmuls (~70x slower): asking for it warns, and the quick research size
+    picks fp32 there (bf16 where it is native)."""
+    from mops.models import loading
+    from mops.reproduce.experiments import builtin_grid
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    assert resolve_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
+    assert "has no native bfloat16 matmul" in capsys.readouterr().err
+    assert loading.fast_dtype("cpu") == "float32" and loading.fast_dtype("cuda") == "bfloat16"
+    assert builtin_grid("table2").cells[0].model.dtype == ("bfloat16" if torch.cuda.is_available() else "float32")
+    resolve_dtype("float32", torch.device("cpu"))
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    assert loading.fast_dtype("cpu") == "bfloat16"
+    resolve_dtype("bfloat16", torch.device("cpu"))
+    assert "native" not in capsys.readouterr().err
+
+
 def test_unknown_short_name():
     with pytest.raises(ModelLoadError, match=r"unknown model 'llama-9000': use one of smollm2-135m, gemma3-270m"):
         load_base_model("llama-9000")

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from mops.errors import ConfigError, ModelLoadError
+from mops.models.loading import fast_dtype
 from mops.reproduce.experiments import EXPERIMENTS, builtin_grid
 from mops.reproduce.grid import Cell, load_grid
 from mops.training.config import TrainConfig
@@ -60,18 +61,30 @@ def test_builtin_grids_cover_the_paper():
     assert len(table2.cells) == 14 and {c.data.data for c in table2.cells} == {"dolly", "sni"}
     assert {c.model.compress for c in table2.cells} >= {"sparsegpt:0.9", "sparsegpt:2:4", "sparsegpt:7:8"}
     table4 = builtin_grid("table4", "full", model="gemma3-270m", seeds=[5])
-    assert [c.model.compress for c in table4.cells] == [None, "sparsegpt:0.75", "sparsegpt:0.85", "sparsegpt:0.9"]
+    assert [c.model.compress for c in table4.cells] == [None, "sparsegpt:0.5", "sparsegpt:2:4", "sparsegpt:0.75",
+                                                        "sparsegpt:0.85", "sparsegpt:0.9"]
+    # the paper's Table 9 layers (10 / 3 / 3 / 1 of 32) scaled to the depth: SmolLM2 30 layers, Gemma 3 18
+    assert [c.mop.get("injection_layer") for c in builtin_grid("table4").cells] == [None, None, 3, 3, 3, 1]
+    assert [c.mop.get("injection_layer") for c in table4.cells] == [None, None, 2, 2, 2, 1]
+    assert all(c.train["match_parameters"] and "rougeL" in c.train["eval_metrics"] for c in table4.cells)
+    assert all(c.mop == {"injection_layer": 1, "prompts_per_expert": 119} for c in builtin_grid("table6").cells)
+    budget = builtin_grid("budget")
+    assert [(c.data.data, c.model.compress) for c in budget.cells] == [
+        ("dolly", "sparsegpt:0.5"), ("dolly", "sparsegpt:2:4"), ("sni", "sparsegpt:0.5"), ("sni", "sparsegpt:2:4")]
+    assert all(c.train["steps"] == 160 and c.train["eval_at"] == "10,20,40,80" and c.methods == ["baseline", "mops"]
+               for c in budget.cells)
     assert all(c.methods == ["baseline", "mops", "lora", "ia3"] and c.model.model == "gemma3-270m" and c.seeds == [5]
                for c in table4.cells)
     assert table4.cells[0].train["steps"] > builtin_grid("table4").cells[0].train["steps"]
-    assert builtin_grid("table4").cells[0].model.dtype == "bfloat16" and table4.cells[0].model.dtype == "auto"
+    assert builtin_grid("table4").cells[0].model.dtype == fast_dtype() and table4.cells[0].model.dtype == "auto"
     assert [c.mop["injection_layer"] for c in builtin_grid("fig3").cells] == [3, 10, 20]
     assert [c.mop["injection_layer"] for c in builtin_grid("fig3", model="gemma3-270m").cells] == [2, 6, 12]
     assert [c.mop["injection_layer"] for c in builtin_grid("fig3", "full", model="gemma3-270m").cells] == \
         [1, 2, 3, 6, 9, 12, 15]
     gating = builtin_grid("gating").cells[0]
     assert gating.train["eval_every"] == 10
-    assert set(EXPERIMENTS) == {"table2", "table3", "table4", "table5", "table6", "table8", "fig3", "fig4", "gating"}
+    assert set(EXPERIMENTS) == {"table2", "table3", "table4", "table5", "table6", "table8", "fig3", "fig4", "gating",
+                                "budget"}
     assert builtin_grid("table8").cells[0].methods == ["lora", "mops", "lora_mops"]
     with pytest.raises(ConfigError, match="unknown experiment"):
         builtin_grid("table9")
@@ -93,7 +106,9 @@ def test_grid_runs_caches_cells_and_writes_reports(tmp_path, tiny_model_dir):
     seed0 = cell["per_seed"]["0"]
     gain = 100 * (seed0["baseline"]["ppl"] - seed0["mops"]["ppl"]) / seed0["baseline"]["ppl"]
     text = (out / "results.md").read_text()
-    assert "| setting | seeds | baseline | mops | lora | mops vs baseline: gain % (mean +- std) | per seed |" in text
+    assert ("| setting | L_int, prompts per expert | seeds | baseline | mops | lora | mops vs baseline: gain % (mean "
+            "+- std) | per seed | mops vs lora: gain % (mean +- std) | per seed |") in text
+    assert "| layer 1 | 1, 7 | 2 |" in text  # the cells' MoPs settings differ: each row shows its own
     assert f"{gain:+.1f}" in text and "Trainable parameters: baseline" in text and "lora" in text
     assert (out / "table.png").stat().st_size > 5000 and "![tiny table](table.png)" in text
     assert (out / "gate_layer_1.png").stat().st_size > 5000 and "![gate layer 2](gate_layer_2.png)" in text
@@ -106,7 +121,7 @@ def test_grid_runs_caches_cells_and_writes_reports(tmp_path, tiny_model_dir):
     bad = run_cli("reproduce", "grid", "--grid", str(grid), "-o", str(out), "--only", "layer 9")
     assert bad.returncode == 2 and "no cell named ['layer 9']" in bad.stderr
     listed = run_cli("reproduce", "table4", "--full", "--list", "--seeds", "4")
-    assert listed.returncode == 0 and listed.stderr.count("seeds [4]") == 4
+    assert listed.returncode == 0 and listed.stderr.count("seeds [4]") == 6
     assert builtin_grid("table4", "full", seeds=[4]).cells[0].key in listed.stderr
     both = run_cli("reproduce", "table4", "--full", "--quick", "--list")
     assert both.returncode == 2 and "exclude each other" in both.stderr
@@ -219,3 +234,36 @@ def test_layer_sweep_follows_the_depth_of_any_model(tiny_model_dir, tmp_path):
     assert [c.mop["injection_layer"] for c in builtin_grid("fig3", model=str(tiny_model_dir)).cells] == [1, 3]
     with pytest.raises(ModelLoadError, match="cannot read the config of model"):
         builtin_grid("fig3", model=str(tmp_path / "nowhere"))
+
+
+def test_budget_curve_points_equal_runs_of_that_length(tmp_path, tiny_model_dir):
+    """The budget grid evaluates one long run after each budget: with a constant learning rate and batches that
+    depend on (seed, step) only, the point after t steps equals a t-step run (for MoPs too, which trains after
+    the baseline: each method starts from the same state, not where the one before it ended)."""
+    grid = tmp_path / "budget.toml"
+    train = TRAIN.replace("steps = 3,", "steps = 4,").replace("eval_every = 2", "eval_every = 0, eval_at = \"2\"")
+    grid.write_text(grid_toml(tiny_model_dir, "budget", '[[cells]]\nname = "long"\n').replace(TRAIN, train))
+    out = tmp_path / "budget"
+    run = run_cli("reproduce", "grid", "--grid", str(grid), "-o", str(out))
+    assert run.returncode == 0, run.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert [(row["cell"], row["steps"]) for row in summary] == [("long", 2), ("long", 4)]
+    cell = json.loads((out / "results.json").read_text())["cells"][0]
+    for row in summary:
+        per_seed = [100 * (1 - {p["step"]: p["ppl"] for p in s["mops"]["curve"]}[row["steps"]]
+                           / {p["step"]: p["ppl"] for p in s["baseline"]["curve"]}[row["steps"]])
+                    for s in cell["per_seed"].values()]
+        assert row["per_seed"] == pytest.approx(per_seed) and row["seeds"] == [0, 1]
+        assert row["gain_mean"] == pytest.approx(sum(per_seed) / 2) and row["data"] == "dolly"
+        assert row["compress"] == "none" and row["gain_std"] > 0
+    assert (out / "budget.png").stat().st_size > 5000 and "| long | 2 |" in (out / "results.md").read_text()
+    short = tmp_path / "short.toml"
+    short.write_text(grid_toml(tiny_model_dir, "budget", '[[cells]]\nname = "short"\n')
+                     .replace(TRAIN, train.replace("steps = 4,", "steps = 2,").replace('eval_at = "2"', 'eval_at = ""')))
+    run = run_cli("reproduce", "grid", "--grid", str(short), "-o", str(tmp_path / "short"))
+    assert run.returncode == 0, run.stderr[-3000:]
+    two = json.loads((tmp_path / "short" / "results.json").read_text())["cells"][0]["per_seed"]
+    for seed, entry in two.items():
+        for method in ("baseline", "mops"):
+            assert entry[method]["curve"] == [{"step": 2, "ppl": entry[method]["ppl"]}]
+            assert cell["per_seed"][seed][method]["curve"][0]["ppl"] == pytest.approx(entry[method]["ppl"], rel=1e-6)

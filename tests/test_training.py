@@ -44,11 +44,18 @@ def test_sampler_is_a_function_of_seed_and_step():
 
 
 def test_kill_and_resume_gives_the_same_loss_curve(tiny_tokenizer, tmp_path, monkeypatch):
-    model, data, rt, groups, cfg = setup(tiny_tokenizer, tmp_path / "a")
-    straight = train_steps(model, "mops", groups, data, cfg.steps, cfg, rt, 0, tmp_path / "a" / "ckpt")
-    final = model.expert_prompts.detach().clone()
+    """... and keeps the evaluations made before the kill (saved in the checkpoint)."""
+    def norm_of(model):
+        return lambda step: {"step": step, "norm": float(model.expert_prompts.detach().norm())}
 
-    model, data, rt, groups, cfg = setup(tiny_tokenizer, tmp_path / "b")
+    model, data, rt, groups, cfg = setup(tiny_tokenizer, tmp_path / "a", eval_every=2)
+    straight_evals: list[dict] = []
+    straight = train_steps(model, "mops", groups, data, cfg.steps, cfg, rt, 0, tmp_path / "a" / "ckpt",
+                           on_eval=norm_of(model), evals=straight_evals)
+    final = model.expert_prompts.detach().clone()
+    assert [e["step"] for e in straight_evals] == [2, 4]  # the last step is the caller's final evaluation
+
+    model, data, rt, groups, cfg = setup(tiny_tokenizer, tmp_path / "b", eval_every=2)
     ckpt = tmp_path / "b" / "ckpt"
     real_step = torch.optim.AdamW.step
     calls = {"n": 0}
@@ -61,13 +68,17 @@ def test_kill_and_resume_gives_the_same_loss_curve(tiny_tokenizer, tmp_path, mon
 
     monkeypatch.setattr(torch.optim.AdamW, "step", dying_step)
     with pytest.raises(KeyboardInterrupt):
-        train_steps(model, "mops", groups, data, cfg.steps, cfg, rt, 0, ckpt)
+        train_steps(model, "mops", groups, data, cfg.steps, cfg, rt, 0, ckpt, on_eval=norm_of(model), evals=[])
     monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
     assert latest_checkpoint(ckpt).name == "step-000004"
 
-    model, data, rt, groups, cfg = setup(tiny_tokenizer, tmp_path / "b")  # a fresh process
-    resumed = train_steps(model, "mops", groups, data, cfg.steps, cfg, rt, 0, ckpt)
+    model, data, rt, groups, cfg = setup(tiny_tokenizer, tmp_path / "b", eval_every=2)  # a fresh process
+    resumed_evals: list[dict] = []
+    resumed = train_steps(model, "mops", groups, data, cfg.steps, cfg, rt, 0, ckpt, on_eval=norm_of(model),
+                          evals=resumed_evals)
     assert resumed == pytest.approx(straight, rel=1e-6, abs=1e-7)
+    assert [e["step"] for e in resumed_evals] == [2, 4]
+    assert [e["norm"] for e in resumed_evals] == pytest.approx([e["norm"] for e in straight_evals], rel=1e-6)
     torch.testing.assert_close(model.expert_prompts.detach(), final)
 
 

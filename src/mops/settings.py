@@ -1,7 +1,10 @@
-"""Comparing the settings a run folder was made with against a re-run's, so results are never relabelled."""
+"""Comparing the settings a run folder was made with against a re-run's, so results are never relabelled; and
+reading a settings field's type (the CLI and the Flower run config both derive from it)."""
 
 from __future__ import annotations
 
+import types
+import typing
 from typing import Any, Iterable
 
 UNSET = "(unset)"
@@ -23,3 +26,14 @@ def changed_settings(stored: dict, wanted: dict, may_change: Iterable[str] = ())
     before, now, free = flat(stored), flat(wanted), set(may_change)
     return [f"{k}: {before.get(k, UNSET)!r} -> {v!r}" for k, v in now.items()
             if k not in free and before.get(k, UNSET) != v]
+
+
+def unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    """A field type without its None: ``int | None`` -> (int, True), ``str`` -> (str, False). Raises TypeError
+    for a union of several types (no settings field has one)."""
+    if not (isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union):
+        return tp, False
+    inner = [a for a in typing.get_args(tp) if a is not type(None)]
+    if len(inner) != 1:
+        raise TypeError(f"unsupported settings type {tp}")
+    return inner[0], len(inner) < len(typing.get_args(tp))

@@ -20,7 +20,6 @@ import functools
 import inspect
 import json
 import tomllib
-import types
 import typing
 from dataclasses import MISSING, dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ import typer
 import yaml
 
 from mops.errors import ConfigError
+from mops.settings import unwrap_optional
 
 
 @dataclass(frozen=True)
@@ -66,14 +66,10 @@ class Section:
 
 def _cli_type(tp: Any) -> Any:
     """A field's type as typer reads it: ``int | None`` -> Optional[int]; scalars only."""
-    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
-        inner = [a for a in typing.get_args(tp) if a is not type(None)]
-        if len(inner) != 1:
-            raise TypeError(f"unsupported option type {tp}")
-        return Optional[_cli_type(inner[0])]
-    if tp not in (int, float, str, bool):
+    base, optional = unwrap_optional(tp)
+    if base not in (int, float, str, bool):
         raise TypeError(f"unsupported option type {tp}")
-    return tp
+    return Optional[base] if optional else base
 
 
 def _option(section: Section, f: dataclasses.Field, hint: Any) -> inspect.Parameter:

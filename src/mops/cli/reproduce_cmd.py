@@ -17,7 +17,7 @@ from mops.models.config import ModelConfig
 @config_command(Section.only("model", ModelConfig, "model"))
 def reproduce_command(
     settings: dict,
-    experiment: str = typer.Argument(..., help="table2, table3, table4, table5, table6, table8, fig3, fig4, gating, or 'grid' with --grid."),
+    experiment: str = typer.Argument(..., help="table2, table3, table4, table5, table6, table8, fig3, fig4, gating, budget, or 'grid' with --grid."),
     grid_file: Optional[Path] = typer.Option(None, "--grid", help="A TOML/YAML grid file (see the README)."),
     size: str = typer.Option("quick", "--size", help="quick (CPU: minutes per cell) or full (GPU sizes)."),
     full: bool = typer.Option(False, "--full", help="Same as --size full."),

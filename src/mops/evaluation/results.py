@@ -59,6 +59,7 @@ class MethodResult:
     trainable_parameters: int | None = None
     seconds: float | None = None
     rounds: list[dict] | None = None
+    adapter: dict | None = None  # peft methods: rank, targets, and the MoPs count it was matched to (or None)
 
     @property
     def evaluations(self) -> list[Evaluation]:
@@ -76,6 +77,8 @@ class MethodResult:
             out["evals"] = [e.to_dict() for e in self.evals]
         if self.seconds is not None:
             out["seconds"] = self.seconds
+        if self.adapter is not None:
+            out["adapter"] = self.adapter
         return out
 
     @classmethod
@@ -83,7 +86,7 @@ class MethodResult:
         return cls(final=Evaluation.from_dict(data["final"]), losses=data.get("losses", []),
                    evals=[Evaluation.from_dict(e) for e in data.get("evals", [])],
                    trainable_parameters=data.get("trainable_parameters"), seconds=data.get("seconds"),
-                   rounds=data.get("rounds"))
+                   rounds=data.get("rounds"), adapter=data.get("adapter"))
 
 
 _RUN_KEYS = ("tasks", "settings", "base", "versions", "recovery", "input_prompts_only", "gate_pretrain")

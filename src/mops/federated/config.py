@@ -10,7 +10,6 @@ inside every training message, so a client needs no configuration of its own bes
 
 from __future__ import annotations
 
-import types
 import typing
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
@@ -20,6 +19,7 @@ from flwr.common.config import flatten_dict, unflatten_dict
 from mops.data.config import DataConfig
 from mops.errors import ConfigError
 from mops.models.config import ModelConfig
+from mops.settings import unwrap_optional
 from mops.training.config import TrainConfig
 from mops.tuners.mops.config import MoPConfig
 from mops.tuners.registry import FEDERATED, METHODS
@@ -28,8 +28,8 @@ PARTITIONS = ("skew", "iid", "dirichlet")
 FAULTS = ("raise", "hang", "nan", "shape")
 # TrainConfig fields a federated run does not read: its steps are `local_steps` per round, it evaluates and
 # checkpoints once per round, and its methods attach no peft adapter.
-NOT_FEDERATED = frozenset({"steps", "eval_every", "checkpoint_every", "lora_lr", "ia3_lr", "lora_r", "lora_alpha",
-                           "lora_dropout", "peft_targets"})
+NOT_FEDERATED = frozenset({"steps", "eval_every", "eval_at", "checkpoint_every", "lora_lr", "ia3_lr", "lora_r",
+                           "lora_alpha", "lora_dropout", "peft_targets", "match_parameters"})
 # `mops federate` at CPU size (the paper's setup is 100 clients, 10 per round, 250 local steps at batch 1).
 # Stages and rates as `mops demo` runs them.
 CPU_PRESET = {"data": {"max_length": 128},
@@ -153,10 +153,9 @@ class FederatedRun:
 
 def _decode(value: Any, tp: Any) -> Any:
     """A Flower config value back to the field's type (``""`` -> None where the field allows None)."""
-    optional = (isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union) and type(None) in typing.get_args(tp)
+    base, optional = unwrap_optional(tp)
     if optional and value == "":
         return None
-    base = next((a for a in typing.get_args(tp) if a is not type(None)), tp) if optional else tp
     if typing.get_origin(base) is list:
         return [v for v in str(value).split(",") if v]
     if base is float and isinstance(value, int):

@@ -3,6 +3,7 @@ parameters) and PNG figures (sweeps, gate heatmaps). Written after every finishe
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Sequence
@@ -28,31 +29,51 @@ def gains(record: dict, reference: str, method: str) -> list[float]:
     return [relative_gain(seed[reference]["ppl"], seed[method]["ppl"]) for seed in record["per_seed"].values()]
 
 
+def _count(entry: dict) -> str:
+    """"431,751" or, for a peft adapter, "403,200 (r=7 on q_proj,v_proj; matched to 431,751: -6.6%)"."""
+    text = f"{entry['trainable_parameters']:,}"
+    adapter = entry.get("adapter")
+    if adapter:
+        size = (f"r={adapter['r']} on " if "r" in adapter else "on ") + ",".join(adapter["targets"])
+        target = adapter.get("matched_to")
+        if target:
+            size += f"; matched to {target:,}: {100 * (entry['trainable_parameters'] - target) / target:+.1f}%"
+        text += f" ({size})"
+    return text
+
+
+def parameter_lines(records: Sequence[dict], methods: Sequence[str]) -> str:
+    """Trainable parameters of each method: one line when every cell had the same counts, else one per cell."""
+    per_cell = []
+    for r in records:
+        seed = next(iter(r["per_seed"].values()))
+        per_cell.append(", ".join(f"{m} {_count(seed[m])}" for m in methods
+                                  if m in r["settings"]["methods"] and seed[m].get("trainable_parameters")))
+    if len(set(per_cell)) == 1:
+        return f"Trainable parameters: {per_cell[0]}.\n"
+    return "Trainable parameters:\n\n" + "".join(f"- {r['name']}: {line}\n" for r, line in zip(records, per_cell))
+
+
 def comparison_table(records: Sequence[dict]) -> str:
     """Rows = cells; PPL per method (mean +- std over seeds); the paired gain of each method over its registered
     reference (MoPs over prompt tuning or FedPrompt, MoPs on the frozen LoRA model over LoRA) where both ran."""
     methods = _methods(records)
     pairs = method_pairs(methods)
-    headers = ["setting", "seeds", *methods]
+    shapes = [(r["resolved"]["mop"]["injection_layer"], r["resolved"]["mop"]["prompts_per_expert"]) for r in records]
+    varied = len(set(shapes)) > 1  # per-row MoPs settings (Table 4 / 6 as the paper ran them): show them
+    headers = ["setting", *(["L_int, prompts per expert"] if varied else []), "seeds", *methods]
     for a, b in pairs:
         headers += [f"{b} vs {a}: gain % (mean +- std)", "per seed"]
     rows = []
-    for r in records:
+    for r, (layer, prompts) in zip(records, shapes):
         ran = r["settings"]["methods"]
-        row: list[object] = [r["name"], len(r["per_seed"])]
+        row: list[object] = [r["name"], *([f"{layer}, {prompts}"] if varied else []), len(r["per_seed"])]
         row += [format_mean_std(ppl_values(r, m)) if m in ran else "" for m in methods]
         for a, b in pairs:
             g = gains(r, a, b) if a in ran and b in ran else None
             row += [format_mean_std(g, sign="+"), " ".join(f"{x:+.1f}" for x in g)] if g else ["", ""]
         rows.append(row)
-    counts: dict[str, int] = {}  # each method's count, from the first cell that ran it
-    for r in records:
-        seed = next(iter(r["per_seed"].values()))
-        for m in r["settings"]["methods"]:
-            if seed[m].get("trainable_parameters"):
-                counts.setdefault(m, seed[m]["trainable_parameters"])
-    params = ", ".join(f"{m} {counts[m]:,}" for m in methods if m in counts)
-    text = markdown_table(headers, rows) + f"\nTrainable parameters: {params}.\n"
+    text = markdown_table(headers, rows) + "\n" + parameter_lines(records, methods)
     scored = [r for r in records if all("rougeL" in seed.get(m, {}) for seed in r["per_seed"].values()
                                         for m in r["settings"]["methods"])]
     if scored:  # cells evaluated with --eval-metrics rougeL: the same table in ROUGE-L (x100, higher is better)
@@ -142,6 +163,52 @@ def final_gate_figures(records: Sequence[dict], out: Path) -> list[tuple[Path, d
     return figures
 
 
+def budget_summary(records: Sequence[dict], reference: str = "baseline", method: str = "mops") -> list[dict]:
+    """Per cell and evaluated step: the paired gain of `method` over `reference` after that many steps (each
+    seed's curves evaluated at the same steps), as `{data, compress, steps, seeds, gain_mean, gain_std, per_seed}`."""
+    rows = []
+    for r in records:
+        seeds = list(r["per_seed"].values())
+        curves = [({p["step"]: p["ppl"] for p in s[reference]["curve"]}, {p["step"]: p["ppl"] for p in s[method]["curve"]})
+                  for s in seeds]
+        steps = sorted(set.intersection(*(set(a) & set(b) for a, b in curves)))
+        for step in steps:
+            per_seed = [relative_gain(a[step], b[step]) for a, b in curves]
+            stats = mean_std(per_seed)
+            rows.append({"cell": r["name"], "data": r["settings"]["data"]["data"],
+                         "compress": r["settings"]["model"]["compress"] or "none", "steps": step,
+                         "seeds": [int(k) for k in r["per_seed"]], "gain_mean": stats["mean"],
+                         "gain_std": stats["std"], "per_seed": per_seed,
+                         f"{reference}_ppl": mean_std([a[step] for a, _ in curves])["mean"],
+                         f"{method}_ppl": mean_std([b[step] for _, b in curves])["mean"]})
+    return rows
+
+
+def budget_report(summary: Sequence[dict], title: str, out: Path) -> str:
+    """summary.json, budget.png (gain vs steps, log x, std over seeds as error bars) and a markdown table."""
+    (out / "summary.json").write_text(json.dumps(list(summary), indent=2))
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    for cell in dict.fromkeys(row["cell"] for row in summary):
+        rows = [row for row in summary if row["cell"] == cell]
+        ax.errorbar([row["steps"] for row in rows], [row["gain_mean"] for row in rows],
+                    yerr=[row["gain_std"] for row in rows], marker="o", capsize=3, label=cell)
+    ax.axhline(0.0, color="grey", lw=0.8)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("training steps (batch size as configured)")
+    ax.set_ylabel("MoPs gain over prompt tuning, % test PPL")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "budget.png", dpi=120)
+    plt.close(fig)
+    rows = [[row["cell"], row["steps"], f"{row['baseline_ppl']:.2f}", f"{row['mops_ppl']:.2f}",
+             format_mean_std(row["per_seed"], sign="+"), " ".join(f"{g:+.2f}" for g in row["per_seed"])]
+            for row in summary]
+    return ("\nMoPs gain against training steps (every number: summary.json):\n\n"
+            + markdown_table(["cell", "steps", "baseline PPL", "MoPs PPL", "gain % (mean +- std)", "per seed"], rows)
+            + "\n![gain vs steps](budget.png)\n")
+
+
 def write_reports(grid, records: Sequence[dict], out: Path) -> Path:
     """results.md (+ PNGs) for the grid's kind of experiment."""
     text = [f"# {grid.title}\n", "Test perplexity on response tokens (lower is better), mean +- std over seeds; "
@@ -158,6 +225,8 @@ def write_reports(grid, records: Sequence[dict], out: Path) -> Path:
         label = "injection layer" if grid.experiment == "layers" else "prompts per expert (merge: slots per input)"
         png = sweep_figure(records, label, xs, grid.title, out / f"{grid.experiment}.png")
         text.append(f"\n![{grid.title}]({png.name})\n")
+    if grid.experiment == "budget":
+        text.append(budget_report(budget_summary(records), grid.title, out))
     if grid.experiment == "gating":
         for record in records:
             for png in gating_figures(record, out):

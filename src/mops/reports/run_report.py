@@ -16,15 +16,25 @@ from mops.tuners.registry import METHODS
 
 
 def pairs(methods: Sequence[str]) -> list[tuple[str, str]]:
-    """(reference, method) for every method of the run whose registered reference also ran."""
-    return [(ref, m) for m in methods if m in METHODS and (ref := METHODS[m].reference(methods))]
+    """(reference, method) for every method of the run whose registered reference also ran, then the further
+    comparisons it registers (MoPs vs LoRA) where those ran."""
+    known = [m for m in methods if m in METHODS]
+    first = [(ref, m) for m in known if (ref := METHODS[m].reference(methods))]
+    return first + [(ref, m) for m in known for ref in METHODS[m].also_compared_to if ref in methods
+                    and (ref, m) not in first]
+
+
+def gain_header(reference: str, method: str, methods: Sequence[str]) -> str:
+    """Column header of a paired gain: the method's registered label for its first reference."""
+    label = METHODS[method].gain_label
+    return label if label and METHODS[method].reference(methods) == reference else f"{method} vs {reference}"
 
 
 def comparison_rows(result: RunResult, methods: Sequence[str]) -> tuple[list[str], list[list[object]]]:
     """Per-task PPL table: frozen input prompts, each method, and each paired gain (method vs its reference)."""
     compared = pairs(methods)
     headers = ["task", "input prompts only", *methods]
-    headers += [METHODS[m].gain_label or f"{m} vs {ref}" for ref, m in compared]
+    headers += [gain_header(ref, m, methods) for ref, m in compared]
     rows = []
     for task in [*result.tasks, OVERALL]:
         row: list[object] = [task, result.input_prompts_only.task_ppl(task)]

@@ -3,7 +3,7 @@ with a `federated` section, one `mops federate` run per method and seed (FedProm
 
 Grids come from the built-in experiments (`experiments.py`) or from a TOML / YAML file:
 
-    experiment = "table4"            # which report to write: table, layers, prompts or gating
+    experiment = "table4"            # which report to write: table, layers, prompts, gating or budget
     [base]                           # settings every cell shares
     model = "smollm2-135m"
     data = "dolly"
@@ -38,10 +38,11 @@ from mops.errors import ConfigError
 from mops.federated.config import FederatedRun, FederationConfig
 from mops.models.config import ModelConfig
 from mops.training.config import TrainConfig
+from mops.training.stages import METHOD_REVISION
 from mops.tuners.mops.config import MoPConfig
 from mops.tuners.registry import CENTRALISED, FEDERATED, check_order
 
-REPORTS = ("table", "layers", "prompts", "gating")
+REPORTS = ("table", "layers", "prompts", "gating", "budget")
 RUN_KEYS = {f.name: cls for cls in (ModelConfig, DataConfig) for f in fields(cls)}  # a cell's flat keys
 # what cell keys held before tasks, dtype, device and skip_invalid were cell settings: those enter a cell's key
 # only when set, so every earlier cell keeps its key (and its finished results)
@@ -101,6 +102,7 @@ class Cell:
         defaults = {**asdict(ModelConfig()), **asdict(DataConfig())}
         run = {**asdict(self.model), **asdict(self.data)}
         settings |= {k: run[k] for k in _KEYED_WHEN_SET if run[k] != defaults[k]}
+        settings["revision"] = METHOD_REVISION  # cells trained before methods started from copies are redone
         if self.federated is not None:
             settings["federated"] = self.federated
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
@@ -108,7 +110,7 @@ class Cell:
 
 @dataclass
 class Grid:
-    experiment: str  # report kind: table, layers, prompts or gating
+    experiment: str  # report kind: table, layers, prompts, gating or budget
     title: str
     cells: list[Cell]
 

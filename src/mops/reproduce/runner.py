@@ -21,7 +21,11 @@ from mops.tuners.mops.config import MoPConfig
 def _method_record(result: MethodResult) -> dict:
     final = result.final
     record = {"ppl": final.overall, "per_task": {t: s["ppl"] for t, s in final.ppl["per_task"].items()},
-              "trainable_parameters": result.trainable_parameters}
+              "trainable_parameters": result.trainable_parameters,
+              # test PPL after each evaluated step (the budget curve; the last point is the final evaluation)
+              "curve": [{"step": e.step, "ppl": e.overall} for e in [*result.evaluations, final]]}
+    if result.adapter is not None:
+        record["adapter"] = result.adapter
     if final.generation is not None:
         record |= {"rougeL": final.metric("rougeL"), "exact_match": final.metric("exact_match")}
     if final.gate is not None:

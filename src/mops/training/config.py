@@ -47,7 +47,15 @@ class TrainConfig:
     peft_targets: str = field(
         default="q_proj,v_proj", metadata={"stage": "peft", "help": "Comma-separated module names LoRA / IA3 adapt (paper: q, v)."}
     )
+    match_parameters: bool = field(
+        default=False, metadata={"stage": "peft", "help": "Size LoRA (its rank, on --peft-targets) and IA3 (its "
+                                 "target modules) to the trainable-parameter count nearest this run's MoPs (the "
+                                 "paper's Appendix E); the counts are recorded with the results."}
+    )
     eval_every: int = field(default=0, metadata={"stage": "main", "help": "Evaluate every N steps (0: only at the end)."})
+    eval_at: str = field(default="", metadata={
+        "stage": "main", "help": "Comma-separated steps to evaluate after as well (e.g. 40,160 for a budget curve: the "
+                                 "learning rate is constant, so step t of a longer run is a t-step run)."})
     eval_limit_per_task: int | None = field(default=None, metadata={"help": "Test examples per task to score."})
     eval_batch_size: int = field(default=8, metadata={"help": "Evaluation batch size."})
     eval_metrics: str = field(default="ppl", metadata={
@@ -90,6 +98,12 @@ class TrainConfig:
         if self.eval_limit_per_task is not None and self.eval_limit_per_task < 1:
             raise ConfigError(f"TrainConfig.eval_limit_per_task must be >= 1 (or unset: the whole test split), "
                               f"got {self.eval_limit_per_task}")
+        try:
+            steps = self.eval_steps
+        except ValueError:
+            raise ConfigError(f"TrainConfig.eval_at must be comma-separated step numbers, got {self.eval_at!r}") from None
+        if any(step < 1 for step in steps):
+            raise ConfigError(f"TrainConfig.eval_at steps must be >= 1, got {self.eval_at!r}")
         unknown = set(self.metrics) - set(METRICS)
         if unknown or "ppl" not in self.metrics:
             raise ConfigError(f"TrainConfig.eval_metrics must list ppl and any of {', '.join(METRICS[1:])}, "
@@ -100,6 +114,15 @@ class TrainConfig:
             raise ConfigError(f"TrainConfig.gate_balance must be >= 0, got {self.gate_balance}")
         if not 0 <= self.gate_pretrain_smoothing < 1:
             raise ConfigError(f"TrainConfig.gate_pretrain_smoothing must be in [0, 1), got {self.gate_pretrain_smoothing}")
+
+    @property
+    def eval_steps(self) -> set[int]:
+        """The steps listed in `eval_at`."""
+        return {int(s) for s in self.eval_at.split(",") if s.strip()}
+
+    def evaluates_after(self, step: int) -> bool:
+        """Whether training evaluates after `step` (every `eval_every` steps and at each `eval_at` step)."""
+        return bool(self.eval_every and step % self.eval_every == 0) or step in self.eval_steps
 
     @property
     def metrics(self) -> list[str]:

@@ -85,10 +85,14 @@ def train_steps(
     rt: Runtime,
     pad_id: int,
     checkpoint_dir: Path | None = None,
-    on_eval: Callable[[int], None] | None = None,
+    on_eval: Callable[[int], dict] | None = None,
     logits_fn: LogitsFn | None = None,
+    evals: list[dict] | None = None,
 ) -> list[float]:
     """Run `steps` optimiser steps (resuming from the latest checkpoint in `checkpoint_dir`); returns losses.
+
+    After the steps `cfg.evaluates_after`, `on_eval(step)` returns an evaluation record, appended to `evals`; the records
+    are saved in each checkpoint and restored with it, so a resumed run keeps the evaluations made before.
 
     `logits_fn` computes the batch's logits (default: the full forward of `model`; see `mop_logits_fn` for
     the prefix cache); the LM head runs only where the loss is.
@@ -105,6 +109,8 @@ def train_steps(
         adapter, state = resume
         load_trainable_state(model, adapter)
         start, losses = state["step"], state["losses"]
+        if evals is not None:
+            evals[:] = state.get("evals", [])
     rt.logger.forget_after(stage, start)  # steps after the checkpoint run (and are logged) again
     device = rt.accelerator.device
     lengths = [len(e.input_ids) for e in data] if cfg.group_by_length else None
@@ -145,12 +151,14 @@ def train_steps(
             tok_s = sum(len(data[i].input_ids) for i in indices) / seconds
             rt.logger.log({"stage": stage, "step": step + 1, "loss": value, "seconds": seconds, "tokens_per_s": tok_s})
             advance(loss=value, tok_s=round(tok_s))
+            if on_eval and cfg.evaluates_after(step + 1) and step + 1 < steps:
+                model.gate.eval()
+                record = on_eval(step + 1)
+                if evals is not None:
+                    evals.append(record)
+                model.gate.train()
             if checkpoint_dir and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and rt.is_main:
                 save_checkpoint(checkpoint_dir, step + 1, trainable_state(model), optimizer,
-                                {"stage": stage, "losses": losses})
-            if on_eval and cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < steps:
-                model.gate.eval()
-                on_eval(step + 1)
-                model.gate.train()
+                                {"stage": stage, "losses": losses, "evals": evals or []})
     model.gate.train(gate_mode)
     return losses

@@ -36,6 +36,7 @@ from mops.training.stages import StageStore, stage_key
 from mops.training.state import PEFT_PREFIX, load_peft_weights, load_trainable_state, trainable_state
 from mops.tuners.mops.model import MoPModel
 from mops.tuners.mops.prefix_cache import PrefixCache, mop_logits_fn, open_prefix_cache
+from mops.tuners.peft_baselines import adapter_settings
 from mops.tuners.registry import METHODS, Method
 
 
@@ -151,11 +152,12 @@ class Pipeline:
         adapter is saved under `run_dir/<name>/` (peft adapters in peft's format)."""
         method = METHODS[name]
         self.method = method
-        peft = method.attach(self.model.lm, self.train_cfg)
+        peft = method.attach(self.model, self.train_cfg)
         try:
             if method.on_frozen:
                 self._load_frozen(method.on_frozen)
-            return self._train(method)
+            matched = self.model.mixture_parameters() if self.train_cfg.match_parameters else None
+            return self._train(method, None if peft is None or method.trains_prompts else adapter_settings(peft, matched))
         finally:
             self.method, self.frozen_digest = None, ""
             if peft is not None:
@@ -172,7 +174,7 @@ class Pipeline:
         self.model.lm.requires_grad_(False)
         self.model.lm.eval()  # frozen: no LoRA dropout either
 
-    def _train(self, method: Method) -> MethodResult:
+    def _train(self, method: Method, adapter: dict | None) -> MethodResult:
         cfg = self.train_cfg
         self.model.use_gate_(method.uses_gate)
         self.model.set_stage("mop")
@@ -183,16 +185,17 @@ class Pipeline:
                 if name.endswith("lora_dropout") or ".lora_dropout." in name:
                     module.train()  # the adapter's own dropout, while training only
         groups = method.param_groups(self.model, cfg)
-        evals: list[Evaluation] = []
+        evals: list[dict] = []
 
         def run() -> dict:
             losses = train_steps(
                 self.model, method.name, groups, self.train_enc, cfg.steps, cfg, self.rt, self.pad_id,
-                self.store.checkpoints(method.name), on_eval=lambda step: evals.append(self.evaluate(method.name, step)),
-                logits_fn=mop_logits_fn(self.model, self.cache("train")),
+                self.store.checkpoints(method.name), on_eval=lambda step: self.evaluate(method.name, step).to_dict(),
+                logits_fn=mop_logits_fn(self.model, self.cache("train")), evals=evals,
             )
-            return MethodResult(final=self.evaluate(method.name, cfg.steps), losses=losses, evals=evals,
-                                trainable_parameters=self.model.trainable_parameters()).to_dict()
+            return MethodResult(final=self.evaluate(method.name, cfg.steps), losses=losses,
+                                evals=[Evaluation.from_dict(e) for e in evals],
+                                trainable_parameters=self.model.trainable_parameters(), adapter=adapter).to_dict()
 
         result = MethodResult.from_dict(self.store.run(method.name, self.stage_key(method.name), run))
         if self.rt.is_main and method.trains_prompts:

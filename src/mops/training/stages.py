@@ -37,6 +37,10 @@ from mops.tuners.registry import METHODS
 SHARED_STAGES = ("recovery", "gate_pretrain")
 SCOPES = ("all", "never", "main", "lr", "gate", "gate_pretrain", "lora", "peft")
 KEY_FILE = "key"  # in a stage folder and its checkpoint folder: the stage key they were made under
+# Revision of the method stages: 2 = every method starts from a copy of the shared state. Before it, the
+# snapshot aliased the fp32 parameters, so each method started where the previous one of its run ended (MoPs
+# from the baseline's trained prompts); stages stored under revision 1 are never reused.
+METHOD_REVISION = 2
 
 
 def depends_on(stage: str, scope: str) -> bool:
@@ -70,6 +74,8 @@ def stage_key(stage: str, identity: dict, *configs: object) -> str:
     """Digest of everything stage `stage` depends on: `identity` (base, fingerprint, data tokens, length,
     template) and its settings."""
     payload = {"stage": stage, **identity, "settings": stage_settings(stage, *configs)}
+    if stage not in SHARED_STAGES:
+        payload["revision"] = METHOD_REVISION
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 

@@ -12,8 +12,9 @@ PEFT_PREFIX = "lm."
 
 
 def trainable_state(model: MoPModel) -> dict[str, torch.Tensor]:
-    """`model.adapter_state()` plus every trainable weight inside the base (a LoRA / IA3 adapter)."""
-    inside = {f"{PEFT_PREFIX}{k}": v.detach().float().cpu().contiguous()
+    """`model.adapter_state()` plus every trainable weight inside the base (a LoRA / IA3 adapter): copies, so a
+    snapshot taken before a method trains still holds the state it was taken in."""
+    inside = {f"{PEFT_PREFIX}{k}": v.detach().to("cpu", torch.float32, copy=True).contiguous()
               for k, v in model.lm.named_parameters() if v.requires_grad}
     return model.adapter_state() | inside
 

@@ -29,6 +29,7 @@ class PeftSettings(Protocol):
     lora_alpha: float
     lora_dropout: float
     peft_targets: str
+    match_parameters: bool
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class Method:
     trains_prompts: bool = True  # False: the slots stay at P^1, only the peft weights train
     on_frozen: str | None = None  # trains on top of this method's finished (frozen) stage
     compared_to: tuple[str, ...] = ()  # references of its paired gain, the first one the run has
+    also_compared_to: tuple[str, ...] = ()  # further paired gains shown wherever these ran too (MoPs vs LoRA)
     gain_label: str | None = None  # column header of that gain in result tables (default "<name> vs <reference>")
     centralised: bool = True  # `mops train` runs it
     federated: bool = False  # `mops federate` runs it (on Flower)
@@ -59,13 +61,15 @@ class Method:
         value = getattr(settings, self.lr_setting)
         return getattr(settings, self.lr_fallback) if value is None and self.lr_fallback else value
 
-    def attach(self, lm: nn.Module, settings: PeftSettings):
-        """Attach its peft adapter to `lm` in place (None for prompt methods); `.unload()` detaches it."""
+    def attach(self, model: MoPModel, settings: PeftSettings):
+        """Attach its peft adapter to `model.lm` in place (None for prompt methods), sized to MoPs' trainable
+        parameters with `settings.match_parameters`; `.unload()` detaches it."""
         if self.peft is None:
             return None
         from mops.tuners.peft_baselines import attach_peft
 
-        return attach_peft(lm, self.peft, settings)
+        match = model.mixture_parameters() if settings.match_parameters else None
+        return attach_peft(model.lm, self.peft, settings, match)
 
     def param_groups(self, model: MoPModel, settings: object) -> list[dict]:
         """Optimiser groups: the expert prompts at the method's rate and the gate MLP at the gate rate, or the
@@ -90,10 +94,11 @@ class Method:
         return next((m for m in self.compared_to if m in methods), None)
 
 
+
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("baseline", "prompt tuning at the injection layer (no gate): the paper's baseline", "baseline_lr", "lr"),
     Method("mops", "Mixture of Prompts: experts + gate", "lr", uses_gate=True, compared_to=("baseline", "fedprompt"),
-           gain_label="MoPs gain", federated=True),
+           also_compared_to=("lora",), gain_label="MoPs gain", federated=True),
     Method("lora", "LoRA through peft on the same base, P^1 and batches", "lora_lr", peft="lora", trains_prompts=False),
     Method("ia3", "IA3 through peft on the same base, P^1 and batches", "ia3_lr", peft="ia3", trains_prompts=False),
     Method("lora_mops", "MoPs trained on the run's frozen LoRA model (paper Table 8)", "lr", uses_gate=True,

@@ -334,11 +334,19 @@ class MoPModel(nn.Module):
             count -= self.expert_prompts.numel() - self.config.num_slots * self.expert_prompts.shape[-1]
         return count
 
+    def mixture_parameters(self) -> int:
+        """What MoPs trains in this configuration: every expert prompt and the gate MLP (and a learned strength),
+        whether or not the gate is switched on right now; the count peft baselines are matched to."""
+        gate = sum(p.numel() for n, p in self.gate.named_parameters() if n != "strength" or self.config.learn_gate_strength)
+        return self.expert_prompts.numel() + gate
+
     def adapter_state(self) -> dict[str, torch.Tensor]:
-        """Everything the adapter owns: input prompts, expert prompts, gate (no base weights)."""
+        """Everything the adapter owns: input prompts, expert prompts, gate (no base weights), as fp32 CPU
+        copies: a snapshot that later training does not change (`.float().cpu()` alone would alias fp32 CPU
+        parameters)."""
         state = {"input_prompts": self.input_prompts, "expert_prompts": self.expert_prompts}
         state.update({f"gate.{k}": v for k, v in self.gate.state_dict().items()})
-        return {k: v.detach().float().cpu().contiguous() for k, v in state.items()}
+        return {k: v.detach().to("cpu", torch.float32, copy=True).contiguous() for k, v in state.items()}
 
     @torch.no_grad()
     def load_adapter_state(self, state: dict[str, torch.Tensor]) -> None:
