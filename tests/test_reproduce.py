@@ -267,3 +267,29 @@ def test_budget_curve_points_equal_runs_of_that_length(tmp_path, tiny_model_dir)
         for method in ("baseline", "mops"):
             assert entry[method]["curve"] == [{"step": 2, "ppl": entry[method]["ppl"]}]
             assert cell["per_seed"][seed][method]["curve"][0]["ppl"] == pytest.approx(entry[method]["ppl"], rel=1e-6)
+
+
+def test_table_report_shows_matched_counts_and_paired_rouge():
+    """Table 4 as the paper ran it: per-row MoPs settings, matched adapter counts, MoPs vs LoRA, ROUGE-L deltas."""
+    from mops.reports.grid_report import comparison_table
+
+    def seed(b, m, lora, rb, rm, rl):
+        return {"baseline": {"ppl": b, "rougeL": rb, "trainable_parameters": 40_320},
+                "mops": {"ppl": m, "rougeL": rm, "trainable_parameters": 431_751},
+                "lora": {"ppl": lora, "rougeL": rl, "trainable_parameters": 403_200,
+                         "adapter": {"r": 7, "targets": ["q_proj", "v_proj"], "matched_to": 431_751}}}
+
+    def record(name, layer, seeds):
+        return {"name": name, "settings": {"methods": ["baseline", "mops", "lora"]},
+                "resolved": {"mop": {"injection_layer": layer, "prompts_per_expert": 70}},
+                "per_seed": {str(i): s for i, s in enumerate(seeds)}}
+
+    text = comparison_table([record("50%", 10, [seed(20.0, 19.0, 18.0, 0.20, 0.22, 0.25), seed(22.0, 22.0, 20.0, 0.21, 0.20, 0.24)]),
+                             record("90%", 1, [seed(100.0, 90.0, 95.0, 0.10, 0.12, 0.11), seed(110.0, 99.0, 99.0, 0.1, 0.1, 0.1)])])
+    assert "| 50% | 10, 70 | 2 |" in text and "| 90% | 1, 70 | 2 |" in text
+    assert "mops vs lora: gain % (mean +- std)" in text
+    # 50%: MoPs vs baseline (20 -> 19: +5%, 22 -> 22: 0), then MoPs vs LoRA (18 -> 19: -5.6%, 20 -> 22: -10%)
+    assert "| +2.50 +- 3.54 | +5.0 +0.0 | -7.78 +- 3.14 | -5.6 -10.0 |" in text
+    assert "lora 403,200 (r=7 on q_proj,v_proj; matched to 431,751: -6.6%)" in text
+    assert "| mops - baseline (points) | per seed | mops - lora (points) | per seed |" in text
+    assert "| +0.50 +- 2.12 | +2.0 -1.0 | -3.50 +- 0.71 | -3.0 -4.0 |" in text  # 50%: ROUGE-L 20 -> 22, 21 -> 20

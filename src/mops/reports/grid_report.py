@@ -77,11 +77,18 @@ def comparison_table(records: Sequence[dict]) -> str:
     scored = [r for r in records if all("rougeL" in seed.get(m, {}) for seed in r["per_seed"].values()
                                         for m in r["settings"]["methods"])]
     if scored:  # cells evaluated with --eval-metrics rougeL: the same table in ROUGE-L (x100, higher is better)
-        rouge_rows = [[r["name"], len(r["per_seed"]), *(format_mean_std([100 * s[m]["rougeL"] for s in r["per_seed"].values()])
-                                                         if m in r["settings"]["methods"] else "" for m in methods)]
-                      for r in scored]
-        text += "\nROUGE-L F1 of greedy answers (x100, mean +- std over seeds):\n\n"
-        text += markdown_table(["setting", "seeds", *methods], rouge_rows)
+        rouge_rows = []
+        for r in scored:
+            ran, seeds = r["settings"]["methods"], list(r["per_seed"].values())
+            row = [r["name"], len(seeds), *(format_mean_std([100 * s[m]["rougeL"] for s in seeds]) if m in ran else ""
+                                            for m in methods)]
+            for a, b in pairs:  # paired difference in points, per seed (same sign as a PPL gain when both agree)
+                d = [100 * (s[b]["rougeL"] - s[a]["rougeL"]) for s in seeds] if a in ran and b in ran else []
+                row += [format_mean_std(d, sign="+"), " ".join(f"{x:+.1f}" for x in d)]
+            rouge_rows.append(row)
+        text += "\nROUGE-L F1 of greedy answers (x100, mean +- std over seeds; B - A in points, paired per seed):\n\n"
+        text += markdown_table(["setting", "seeds", *methods,
+                                *(h for a, b in pairs for h in (f"{b} - {a} (points)", "per seed"))], rouge_rows)
     return text
 
 
