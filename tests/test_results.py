@@ -11,6 +11,7 @@ from mops.evaluation.results import RunResult
 from mops.reports.run_report import comparison_rows, pairs
 from mops.reports.stats import paired_summary, relative_gain
 from mops.reproduce.grid import cell_from_dict
+from mops.training.stages import METHOD_REVISION
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 RUN_FILES = sorted(p for p in RESULTS.rglob("results.json") if p.parent.name.startswith("seed-")
@@ -44,11 +45,15 @@ def test_paired_gain_and_table_from_typed_results() -> None:
 
 
 def test_cell_keys_are_those_of_the_committed_grids() -> None:
-    """A cell's key is a digest of its settings; the restructured cell keeps every committed cell's key, so
-    re-running a committed grid reads its finished cells back."""
+    """A cell's key is a digest of its settings and the method-stage revision: a committed cell made with the
+    current revision keeps its key (a re-run reads it back); one made before the shared-state fix never does."""
     records = [json.loads(p.read_text()) for p in RESULTS.rglob("cell.json")]
-    assert records
+    assert {r.get("revision") for r in records} >= {None, METHOD_REVISION}
     for record in records:
-        settings = record["settings"]
+        settings = dict(record["settings"])
+        for section in ("model", "data"):  # records since the one-schema change nest ModelConfig / DataConfig
+            if isinstance(settings.get(section), dict):
+                settings |= settings.pop(section)
         flat = {k: v for k, v in settings.items() if v is not None}
-        assert cell_from_dict(flat, record["name"]).key == record["key"], record["name"]
+        same = cell_from_dict(flat, record["name"]).key == record["key"]
+        assert same == (record.get("revision") == METHOD_REVISION), record["name"]

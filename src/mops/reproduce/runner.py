@@ -14,6 +14,7 @@ from mops.evaluation.results import MethodResult, RunResult
 from mops.provenance import versions
 from mops.reproduce.grid import Cell, Grid
 from mops.training.config import TrainConfig
+from mops.training.stages import METHOD_REVISION
 from mops.training.runs import RunRequest, execute
 from mops.tuners.mops.config import MoPConfig
 
@@ -45,7 +46,7 @@ def cell_record(cell: Cell, per_seed: dict[int, RunResult]) -> dict:
         entry["input_prompts_only"] = result.input_prompts_only.overall
         seeds[str(seed)] = entry
     first = next(iter(per_seed.values()))
-    return {"name": cell.name, "key": cell.key, "settings": asdict(cell), "tasks": first.tasks,
+    return {"name": cell.name, "key": cell.key, "revision": METHOD_REVISION, "settings": asdict(cell), "tasks": first.tasks,
             "resolved": first.settings, "base": first.base, "per_seed": seeds}
 
 
