@@ -101,7 +101,7 @@ def test_cache_on_a_frozen_lora_model_is_exact_and_keyed_by_its_weights(tiny_tok
     from mops.tuners.registry import METHODS
 
     mop = make_mop(tokenizer=tiny_tokenizer, routing="merge", prompts_per_expert=2)
-    peft = METHODS["lora_mops"].attach(mop, TrainConfig())
+    peft = METHODS["lora_mops"].attach(mop.lm, TrainConfig())
     with torch.no_grad():
         for name, p in mop.lm.named_parameters():
             if "lora_B" in name:

@@ -96,8 +96,7 @@ def native_bf16(device: torch.device) -> bool:
 
 def fast_dtype(device: str = "auto") -> str:
     """The cheaper compute dtype on `device`: bfloat16 where it is native, else float32."""
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else "cpu" if device == "auto" else device)
-    return "bfloat16" if native_bf16(dev) else "float32"
+    return "bfloat16" if native_bf16(resolve_device() if device == "auto" else torch.device(device)) else "float32"
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:

@@ -152,11 +152,11 @@ class Pipeline:
         adapter is saved under `run_dir/<name>/` (peft adapters in peft's format)."""
         method = METHODS[name]
         self.method = method
-        peft = method.attach(self.model, self.train_cfg)
+        matched = self.model.mixture_parameters() if self.train_cfg.match_parameters else None
+        peft = method.attach(self.model.lm, self.train_cfg, matched)
         try:
             if method.on_frozen:
                 self._load_frozen(method.on_frozen)
-            matched = self.model.mixture_parameters() if self.train_cfg.match_parameters else None
             return self._train(method, None if peft is None or method.trains_prompts else adapter_settings(peft, matched))
         finally:
             self.method, self.frozen_digest = None, ""

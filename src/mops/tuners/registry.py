@@ -29,7 +29,6 @@ class PeftSettings(Protocol):
     lora_alpha: float
     lora_dropout: float
     peft_targets: str
-    match_parameters: bool
 
 
 @dataclass(frozen=True)
@@ -61,15 +60,14 @@ class Method:
         value = getattr(settings, self.lr_setting)
         return getattr(settings, self.lr_fallback) if value is None and self.lr_fallback else value
 
-    def attach(self, model: MoPModel, settings: PeftSettings):
-        """Attach its peft adapter to `model.lm` in place (None for prompt methods), sized to MoPs' trainable
-        parameters with `settings.match_parameters`; `.unload()` detaches it."""
+    def attach(self, lm: nn.Module, settings: PeftSettings, match: int | None = None):
+        """Attach its peft adapter to `lm` in place (None for prompt methods), sized to `match` trainable
+        parameters when given; `.unload()` detaches it."""
         if self.peft is None:
             return None
         from mops.tuners.peft_baselines import attach_peft
 
-        match = model.mixture_parameters() if settings.match_parameters else None
-        return attach_peft(model.lm, self.peft, settings, match)
+        return attach_peft(lm, self.peft, settings, match)
 
     def param_groups(self, model: MoPModel, settings: object) -> list[dict]:
         """Optimiser groups: the expert prompts at the method's rate and the gate MLP at the gate rate, or the
