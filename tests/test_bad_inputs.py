@@ -106,6 +106,8 @@ CASES = [
     ("unknown engine", lambda w: ["federate", "--engine", "bogus", "-o", str(w["run"].parent / "fed")],
      "--engine must be one of"),
     ("output is a file", lambda w: _train(w, "-o", str(w["empty"])), "is a file, not a run folder"),
+    ("grid file with a built-in experiment", lambda w: ["reproduce", "budget", "--grid", str(w["empty"]), "--list"],
+     "a grid file runs as `mops reproduce grid --grid FILE`, not with the built-in experiment 'budget'"),
 ]
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
 
 from mops.data import load_splits
 from mops.errors import ConfigError
@@ -22,10 +24,13 @@ from mops.models.config import ModelConfig
 from mops.training.config import TrainConfig
 from mops.federated.launcher import check_resumable, processes_with_env, run_federated
 from mops.federated.partition import histogram, partition_examples, skew_sizes
-from mops.federated.task import problems_with
+from mops.federated.client_app import held_input_prompts
+from mops.federated.server_app import MopsFedAvg
+from mops.federated.task import FROZEN_KEY, load_state, payload_bytes, problems_with, trainable_state
 from mops.models import load_base_model
 from mops.tuners.mops.model import MoPModel
 from tests.test_cli import run_cli
+from tests.test_mop_model import make_mop
 
 TINY = {"data": dict(total=70, max_length=48), "mop": dict(num_experts=7, prompts_per_expert=1, injection_layer=2),
         "train": dict(recovery_steps=2, gate_pretrain_steps=20, gate_pretrain_examples=14, eval_limit_per_task=2,
@@ -117,6 +122,73 @@ def test_updates_with_nan_or_wrong_shapes_are_rejected() -> None:
     assert "differ" in problems_with({"expert_prompts": torch.zeros(7, 4)}, ref)
 
 
+def test_fedprompt_message_holds_the_prompts_it_trains() -> None:
+    """Prompt tuning (no gate, merge routing) sends num_slots x hidden values, not the 7 expert copies; loading
+    them back gives the same merged slots. MoPs sends every expert and the gate."""
+    mop = make_mop(routing="merge", num_experts=7, prompts_per_expert=2)
+    with torch.no_grad():
+        mop.expert_prompts.normal_()
+    hidden = mop.expert_prompts.shape[-1]
+    mop.use_gate_(False)
+    state = trainable_state(mop)
+    assert set(state) == {"prompts"} and tuple(state["prompts"].shape) == (mop.config.num_slots, hidden) == (2, hidden)
+    merged = mop.expert_prompts.detach().view(7, 2, hidden).mean(0)
+    torch.testing.assert_close(state["prompts"], merged)
+    other = make_mop(routing="merge", num_experts=7, prompts_per_expert=2, seed=1)
+    other.use_gate_(False)
+    load_state(other, state, mop.adapter_state()[FROZEN_KEY])
+    torch.testing.assert_close(other.expert_prompts.detach().view(7, 2, hidden).mean(0), merged)
+    torch.testing.assert_close(other.input_prompts.detach(), mop.input_prompts.detach())
+    mop.use_gate_(True)
+    gated = trainable_state(mop)
+    assert tuple(gated["expert_prompts"].shape) == (14, hidden) and any(k.startswith("gate.") for k in gated)
+    sizes = payload_bytes(ArrayRecord(gated))
+    assert set(sizes) == {"experts", "gate"} and sum(sizes.values()) == ArrayRecord(gated).count_bytes()
+
+
+class _Nodes:
+    """The part of a Flower Grid that sampling reads."""
+
+    def get_node_ids(self) -> list[int]:
+        return [11, 12]
+
+
+def test_input_prompts_travel_once_per_client_and_again_after_a_failure(monkeypatch) -> None:
+    for name in ("_run_id", "_node_id", "_task_id"):  # what Flower sets in a ServerApp process
+        monkeypatch.setattr(TaskIdentity, name, 1)
+    frozen = ArrayRecord({FROZEN_KEY: torch.randn(3, 8)})
+    arrays = ArrayRecord({"prompts": torch.zeros(3, 8)})
+    strategy = MopsFedAvg(frozen, {"prompts": torch.zeros(3, 8)}, 0, fraction_train=1.0, fraction_evaluate=0.0,
+                          min_train_nodes=1, min_available_nodes=1)
+
+    def round_(n: int) -> dict[int, Message]:
+        return {m.metadata.dst_node_id: m for m in strategy.configure_train(n, arrays, ConfigRecord({}), _Nodes())}
+
+    first = round_(1)
+    assert all("frozen" in m.content for m in first.values())
+    digests = {m.content["input-prompts"]["digest"] for m in first.values()}
+    assert len(digests) == 1
+    p1 = payload_bytes(frozen)["input_prompts"]
+    assert strategy.stats["bytes_sent_by_payload"] == {"prompts": 2 * arrays.count_bytes(), "input_prompts": 2 * p1}
+    strategy.aggregate_train(1, [])  # nobody answered: both may have restarted
+    assert all("frozen" in m.content for m in round_(2).values())
+    reply = Message(RecordDict({"arrays": arrays, "metrics": MetricRecord({"loss": 1.0, "num-examples": 4})}),
+                    reply_to=first[12])
+    strategy.aggregate_train(2, [Message(Error(code=0, reason="crashed"), reply_to=first[11]), reply])
+    third = round_(3)
+    assert "frozen" in third[11].content and "frozen" not in third[12].content
+    assert strategy.stats["clients_sent_input_prompts"] == 1
+    assert strategy.stats["bytes_sent_by_payload"]["input_prompts"] == p1
+
+    # the client keeps P^1 in its node state; one that lacks it (restarted) raises, so the server resends it
+    context = Context(run_id=1, node_id=12, node_config={}, state=RecordDict(), run_config={})
+    torch.testing.assert_close(held_input_prompts(first[12], context), frozen.to_torch_state_dict()[FROZEN_KEY])
+    torch.testing.assert_close(held_input_prompts(third[12], context), frozen.to_torch_state_dict()[FROZEN_KEY])
+    restarted = Context(run_id=1, node_id=12, node_config={}, state=RecordDict(), run_config={})
+    with pytest.raises(RuntimeError, match="does not hold the input prompts"):
+        held_input_prompts(third[12], restarted)
+
+
 def test_resuming_with_other_settings_is_refused(tmp_path: Path) -> None:
     def run(**federation) -> FederatedRun:
         return FederatedRun(output=str(tmp_path), method="mops", federation=FederationConfig(**federation))
@@ -152,15 +224,27 @@ def test_simulation_both_methods_then_resume(tmp_path: Path, tiny_model_dir: Pat
     for method, gate in (("fedprompt", False), ("mops", True)):
         rounds = [json.loads((run / method / "rounds" / f"round-{n}" / "round.json").read_text()) for n in (1, 2)]
         for r in rounds:
-            assert r["clients_sampled"] == 2 and r["clients_accepted"] == 2
-            assert r["bytes_sent"] > r["bytes_received"] > 0 and r["round_seconds"] > 0
+            assert r["clients_sampled"] == 2 and r["clients_accepted"] == 2 and r["round_seconds"] > 0
+            assert r["bytes_sent"] == sum(r["bytes_sent_by_payload"].values()) > 0
+            assert set(r["bytes_received_by_payload"]) == ({"experts", "gate"} if gate else {"prompts"})
+        # P^1 goes to the 2 clients of round 1, then only to a client not sampled before (3 clients, 2 per round)
+        assert [r["clients_sent_input_prompts"] for r in rounds][0] == 2 and rounds[1]["clients_sent_input_prompts"] <= 1
+        p1 = rounds[0]["bytes_sent_by_payload"]["input_prompts"] / 2
+        assert rounds[1]["bytes_sent_by_payload"].get("input_prompts", 0) == rounds[1]["clients_sent_input_prompts"] * p1
         assert ("gate" in rounds[-1]["eval"]) is gate
         records = [json.loads(line) for line in (run / method / "metrics.jsonl").read_text().splitlines()]
         assert [r["step"] for r in records if r.get("stage") == f"{method}_round"] == [1, 2]
         assert list((run / method / "tensorboard").glob("events.*"))
-    # MoPs sends the gate too; both share the server's P^1 (same stage folder)
+    # FedPrompt sends the num_slots prompts it trains (1 x hidden here), MoPs the 7 experts and the gate; both
+    # share the server's P^1 (same stage folder)
     fp, mp = (json.loads((run / m / "rounds" / "round-1" / "round.json").read_text()) for m in ("fedprompt", "mops"))
-    assert mp["bytes_sent"] > fp["bytes_sent"]
+    hidden = load_base_model(str(tiny_model_dir)).model.config.hidden_size
+    prompts = ArrayRecord({"prompts": torch.zeros(1, hidden)}).count_bytes()
+    assert fp["bytes_received_by_payload"] == {"prompts": 2 * prompts}
+    assert mp["bytes_received_by_payload"]["experts"] == 2 * ArrayRecord({"expert_prompts": torch.zeros(7, hidden)}).count_bytes()
+    assert fp["bytes_sent_by_payload"]["input_prompts"] == mp["bytes_sent_by_payload"]["input_prompts"]
+    text = (run / "results.md").read_text()
+    assert "Communication" in text and "| fedprompt |" in text and "x fedprompt" in text
     base = load_base_model(str(tiny_model_dir))
     adapter = MoPModel.from_pretrained(base, run / "mops" / "adapter")  # the centralised adapter format
     assert adapter.config.use_gate is True
@@ -200,6 +284,8 @@ def test_deployment_superlink_and_two_supernodes(tmp_path: Path, tiny_model_dir:
     results = json.loads((folder / "results.json").read_text())
     rounds = results["mops"]["rounds"]
     assert [r["step"] for r in rounds] == [1, 2] and all(r["clients_accepted"] == 2 for r in rounds)
+    # each SuperNode keeps P^1 from round 1 (its Context.state): round 2 sends none
+    assert [r["clients_sent_input_prompts"] for r in rounds] == [2, 0]
     assert rounds[-1]["eval"]["ppl"]["overall"]["ppl"] > 1
     assert not flower_processes(cfg.output)
 

@@ -44,6 +44,9 @@ def reproduce_command(
         if seeds:
             for cell in grid.cells:
                 cell.seeds = parse_seeds(seeds)
+    elif grid_file is not None:
+        raise ConfigError(f"--grid {grid_file}: a grid file runs as `mops reproduce grid --grid FILE`, "
+                          f"not with the built-in experiment {experiment!r}")
     else:
         grid = builtin_grid(experiment, size, settings["model"]["model"], parse_seeds(seeds) if seeds else None)
     if only:

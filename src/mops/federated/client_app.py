@@ -1,8 +1,9 @@
 """Flower ClientApp: train the global experts (+ gate) on this client's partition for `local_steps` steps.
 
 Each training message carries the settings (a `ConfigRecord` made by `FederatedRun.to_record`), the global
-trainable arrays (``arrays``) and the frozen input prompts P^1 (``frozen``). The reply carries the updated
-arrays and ``num-examples`` (the FedAvg weight). The partition id comes from the node config
+trainable arrays (``arrays``) and the digest of the frozen input prompts P^1 (``input-prompts``); P^1 itself
+(``frozen``) comes with a client's first message only and is kept in the node's `Context.state`. The reply
+carries the updated arrays and ``num-examples`` (the FedAvg weight). The partition id comes from the node config
 (``partition-id``: set by the simulation engine, or by `flower-supernode --node-config` when deployed).
 """
 
@@ -67,13 +68,26 @@ def local_train(cfg: FederatedRun, pid: int, server_round: int, trainable: dict[
     return state, {"num-examples": len(data), "loss": mean_loss(losses), "seconds": time.perf_counter() - t0}
 
 
+def held_input_prompts(msg: Message, context: Context) -> torch.Tensor:
+    """P^1 of this run: from the message (then kept in the node's state for later rounds) or from the state."""
+    key = f"input-prompts-{msg.content['input-prompts']['digest']}"
+    if "frozen" in msg.content:
+        for old in [k for k in context.state if k.startswith("input-prompts-") and k != key]:
+            del context.state[old]
+        context.state[key] = msg.content["frozen"]
+    if key not in context.state:
+        raise RuntimeError(f"this client does not hold the input prompts {key} (restarted?); the server sends "
+                           "them again the next time it samples this client")
+    return context.state[key].to_torch_state_dict()[FROZEN_KEY]
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     cfg = FederatedRun.from_record(msg.content["config"])
     pid = int(context.node_config["partition-id"])
     server_round = int(msg.content["config"]["server-round"])
     trainable = msg.content["arrays"].to_torch_state_dict()
-    frozen = msg.content["frozen"].to_torch_state_dict()[FROZEN_KEY]
+    frozen = held_input_prompts(msg, context)
     fault = parse_faults(cfg.federation.inject_faults).get(pid)
     _before_training(fault, cfg)
     state, metrics = local_train(cfg, pid, server_round, trainable, frozen)

@@ -1,9 +1,9 @@
 """Flower ServerApp: server-side setup (P^1, gate pretraining), then FedAvg rounds of experts (+ gate).
 
-Per round the server samples `clients_per_round` clients, sends them the global arrays, rejects replies that
+Per round the server samples `clients_per_round` clients, sends them the global arrays (and P^1 to a client that does not hold it yet), rejects replies that
 errored or carry NaN/Inf or wrongly shaped arrays, averages the rest weighted by their example counts
 (Flower's FedAvg), then scores the global adapter on the test split (per-task PPL, gate matrix), logs bytes
-sent/received and the round time, and checkpoints. A restarted run continues after the last finished round.
+sent/received per payload and the round time, and checkpoints. A restarted run continues after the last finished round.
 """
 
 from __future__ import annotations
@@ -14,14 +14,15 @@ import time
 from pathlib import Path
 from typing import Iterable
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 from safetensors.torch import load_file, save_file
 
 from mops.evaluation.results import MethodResult
 from mops.federated.config import FederatedRun
-from mops.federated.task import FROZEN_KEY, load_state, mean_loss, problems_with, shared_setup, trainable_state
+from mops.federated.task import (FROZEN_KEY, digest, load_state, mean_loss, payload_bytes, problems_with, shared_setup,
+                                 trainable_state)
 from mops.training.loop import Runtime
 from mops.training.pipeline import Pipeline
 from mops.tuners.mops.model import MoPModel
@@ -29,31 +30,55 @@ from mops.tuners.mops.model import MoPModel
 app = ServerApp()
 
 
+def _add(total: dict[str, int], part: dict[str, int]) -> None:
+    for key, value in part.items():
+        total[key] = total.get(key, 0) + value
+
+
 class MopsFedAvg(FedAvg):
-    """FedAvg that also sends the frozen P^1, validates every update, and counts bytes and failures."""
+    """FedAvg that sends the frozen P^1 to each client once, validates every update, and counts bytes (per
+    payload) and failures.
+
+    P^1 travels with a client's first message only: every message names its digest, and the client keeps it
+    (Flower's per-node `Context.state`). A client that fails or does not answer may have restarted without it,
+    so it gets P^1 again the next time it is sampled (one that lacks it raises, which counts as failed)."""
 
     def __init__(self, frozen: ArrayRecord, reference: dict, round_offset: int, **kwargs) -> None:
         super().__init__(**kwargs)
         self.frozen, self.reference, self.round_offset = frozen, reference, round_offset
+        self.frozen_digest = digest(frozen.to_torch_state_dict()[FROZEN_KEY])
+        self.holders: set[int] = set()  # nodes that were sent P^1 and have not failed since
         self.stats: dict = {}
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
                         ) -> Iterable[Message]:
-        messages = list(super().configure_train(server_round + self.round_offset, arrays, config, grid))
-        for msg in messages:
-            msg.content["frozen"] = self.frozen
+        sent: dict[str, int] = {}
+        messages, with_frozen = [], 0
+        for msg in super().configure_train(server_round + self.round_offset, arrays, config, grid):
+            node = msg.metadata.dst_node_id
+            content = RecordDict({**msg.content, "input-prompts": ConfigRecord({"digest": self.frozen_digest})})
+            _add(sent, payload_bytes(arrays))
+            if node not in self.holders:
+                content["frozen"] = self.frozen
+                _add(sent, payload_bytes(self.frozen))
+                self.holders.add(node)
+                with_frozen += 1
+            messages.append(Message(content=content, dst_node_id=node, message_type=msg.metadata.message_type))
         self.stats = {"start": time.perf_counter(), "sampled": len(messages), "rejected": [], "failed": 0,
-                      "bytes_sent": len(messages) * (arrays.count_bytes() + self.frozen.count_bytes()),
-                      "bytes_received": 0, "client_losses": []}
+                      "sent_to": {m.metadata.dst_node_id for m in messages}, "bytes_sent_by_payload": sent,
+                      "clients_sent_input_prompts": with_frozen, "bytes_received_by_payload": {}, "client_losses": []}
         return messages
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
-        accepted = []
+        accepted, answered = [], set()
         for msg in replies:
+            node = msg.metadata.src_node_id
             if msg.has_error():
                 self.stats["failed"] += 1
+                self.holders.discard(node)
                 continue
-            self.stats["bytes_received"] += msg.content["arrays"].count_bytes()
+            answered.add(node)
+            _add(self.stats["bytes_received_by_payload"], payload_bytes(msg.content["arrays"]))
             problem = problems_with(msg.content["arrays"].to_torch_state_dict(), self.reference)
             metrics = msg.content["metrics"]
             if problem:
@@ -61,6 +86,7 @@ class MopsFedAvg(FedAvg):
                 continue
             self.stats["client_losses"].append(float(metrics["loss"]))
             accepted.append(msg)
+        self.holders -= self.stats["sent_to"] - answered  # silent clients may come back without P^1
         self.stats["accepted"] = len(accepted)
         self.stats["missing"] = self.stats["sampled"] - len(accepted) - len(self.stats["rejected"]) - self.stats["failed"]
         if not accepted:
@@ -117,7 +143,11 @@ def main(grid: Grid, context: Context) -> None:
         evaluation = pipe.evaluate(cfg.method, n)
         stats = strategy.stats
         record = {"stage": f"{cfg.method}_round", "step": n, "round_seconds": time.perf_counter() - stats["start"],
-                  "bytes_sent": stats["bytes_sent"], "bytes_received": stats["bytes_received"],
+                  "bytes_sent": sum(stats["bytes_sent_by_payload"].values()),
+                  "bytes_received": sum(stats["bytes_received_by_payload"].values()),
+                  "bytes_sent_by_payload": stats["bytes_sent_by_payload"],
+                  "bytes_received_by_payload": stats["bytes_received_by_payload"],
+                  "clients_sent_input_prompts": stats["clients_sent_input_prompts"],
                   "clients_sampled": stats["sampled"], "clients_accepted": stats["accepted"],
                   "clients_failed": stats["failed"], "clients_missing": stats["missing"],
                   "clients_rejected": len(stats["rejected"]), "client_loss": mean_loss(stats["client_losses"]),

@@ -6,12 +6,14 @@ the data once and keeps them for every later message of the same settings (`shar
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 
 import torch
+from flwr.app import ArrayRecord
 
 from mops.compression.config import compression_from
 from mops.compression.load import load_model
@@ -22,6 +24,7 @@ from mops.models import BaseModel
 from mops.tuners.mops.model import MoPModel
 
 FROZEN_KEY = "input_prompts"
+PROMPTS_KEY = "prompts"  # prompt tuning's message: the num_slots prompts it trains
 
 
 @dataclass
@@ -60,22 +63,51 @@ def shared_setup(cfg: FederatedRun) -> SharedSetup:
 
 
 def trainable_state(model: MoPModel) -> dict[str, torch.Tensor]:
-    """What clients train and the server averages: the expert prompts, plus the gate when it is on."""
+    """What clients train and the server averages (a round's message): MoPs: the expert prompts (E*p, d) and
+    the gate; prompt tuning (no gate): with merge routing, the p prompts it trains (the experts' mean, (p, d):
+    all the model uses of them without a gate), with attention routing all E*p slots."""
+    cfg = model.config
     state = model.adapter_state()
     state.pop(FROZEN_KEY)
-    if not model.config.use_gate:
+    if not cfg.use_gate:
         state = {k: v for k, v in state.items() if not k.startswith("gate.")}
-    elif not model.config.learn_gate_strength:
+        if cfg.routing == "merge":
+            experts = state.pop("expert_prompts")
+            state[PROMPTS_KEY] = experts.view(cfg.num_experts, cfg.prompts_per_expert, -1).mean(0)
+    elif not cfg.learn_gate_strength:
         state.pop("gate.strength")  # a fixed setting, not a trained array
     return state
 
 
 def load_state(model: MoPModel, trainable: dict[str, torch.Tensor], frozen: torch.Tensor) -> None:
-    """Put the global arrays into `model` (the gate keeps its values when the arrays carry none)."""
+    """Put the global arrays into `model` (the gate keeps its values when the arrays carry none). Prompt
+    tuning's prompts go into every expert: their mean, the merged slots, is then exactly those prompts, and
+    Adam moves every expert by the same step, so training from here equals training the full set."""
     state = model.adapter_state()
     state.update(trainable)
+    if PROMPTS_KEY in state:
+        state["expert_prompts"] = state.pop(PROMPTS_KEY).repeat(model.config.num_experts, 1)
     state[FROZEN_KEY] = frozen
     model.load_adapter_state({k: v.to(model.base.model.device) for k, v in state.items()})
+
+
+def payload(key: str) -> str:
+    """The payload an array of a message belongs to: experts, prompts, gate or input_prompts (P^1)."""
+    return {"expert_prompts": "experts", PROMPTS_KEY: "prompts", FROZEN_KEY: "input_prompts"}.get(
+        key, "gate" if key.startswith("gate.") else key)
+
+
+def payload_bytes(record: ArrayRecord) -> dict[str, int]:
+    """Bytes of `record` as Flower serialises them, per payload (they sum to `record.count_bytes()`)."""
+    sizes: dict[str, int] = {}
+    for key in record:
+        sizes[payload(key)] = sizes.get(payload(key), 0) + ArrayRecord({key: record[key]}).count_bytes()
+    return sizes
+
+
+def digest(tensor: torch.Tensor) -> str:
+    """A short content digest of a tensor (how clients recognise the P^1 they hold)."""
+    return hashlib.sha256(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()).hexdigest()[:16]
 
 
 def problems_with(update: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]) -> str | None:

@@ -11,7 +11,7 @@ from typing import Sequence
 from mops.evaluation.results import OVERALL, RunResult
 from mops.reports.figures import loss_curves, save_gate_heatmap
 from mops.reports.stats import paired_summary, relative_gain
-from mops.reports.tables import ROUND_HEADERS, markdown_table, round_rows
+from mops.reports.tables import ROUND_HEADERS, markdown_table, round_rows, traffic_rows
 from mops.tuners.registry import METHODS
 
 
@@ -77,6 +77,11 @@ def write_run_report(run_dir: Path, result: RunResult, methods: Sequence[str]) -
         if m_rows:
             text += f"\n{title} of greedy answers, x100 (higher is better; differences in points).\n\n"
             text += markdown_table(m_headers, m_rows)
+    if any(result.methods[m].rounds is not None for m in methods):
+        t_headers, t_rows = traffic_rows(result, methods)
+        if t_rows:
+            text += ("\nCommunication (bytes as serialised by Flower, both directions, mean per round; P^1 is sent "
+                     "once per client, its total over the run is apart):\n\n" + markdown_table(t_headers, t_rows))
     (run_dir / "results.md").write_text(text)
     if result.pretrained_gate is not None:
         save_gate_heatmap(result.pretrained_gate, result.tasks, "gate after pretraining", run_dir / "gate_pretrained.png")
@@ -86,7 +91,8 @@ def write_run_report(run_dir: Path, result: RunResult, methods: Sequence[str]) -
         save_gate_heatmap(result.methods[m].final.gate, result.tasks, f"gate after {m} training", run_dir / name)
     loss_curves({m: result.methods[m].losses for m in methods}, "training loss", run_dir / "loss.png")
     if any(result.methods[m].rounds is not None for m in methods):
-        (run_dir / "rounds.md").write_text("Per round (test PPL on the eval subset; bytes as serialised by Flower).\n\n"
+        (run_dir / "rounds.md").write_text("Per round (test PPL on the eval subset; bytes as serialised by Flower, "
+                                           "sent per payload: P^1 goes to a client once).\n\n"
                                            + markdown_table(ROUND_HEADERS, round_rows(result, methods)))
 
 
