@@ -106,6 +106,8 @@ CASES = [
     ("unknown engine", lambda w: ["federate", "--engine", "bogus", "-o", str(w["run"].parent / "fed")],
      "--engine must be one of"),
     ("output is a file", lambda w: _train(w, "-o", str(w["empty"])), "is a file, not a run folder"),
+    ("GPU share without a GPU", lambda w: ["federate", "--client-gpus", "0.5", "-o", str(w["run"].parent / "fed")],
+     "--client-gpus 0.5: no CUDA GPU is visible"),
     ("grid file with a built-in experiment", lambda w: ["reproduce", "budget", "--grid", str(w["empty"]), "--list"],
      "a grid file runs as `mops reproduce grid --grid FILE`, not with the built-in experiment 'budget'"),
 ]

@@ -22,11 +22,11 @@ from mops.errors import ConfigError
 from mops.federated.config import FederatedRun, FederationConfig, parse_faults
 from mops.models.config import ModelConfig
 from mops.training.config import TrainConfig
-from mops.federated.launcher import check_resumable, processes_with_env, run_federated
+from mops.federated.launcher import check_resumable, client_gpu_share, processes_with_env, run_federated
 from mops.federated.partition import histogram, partition_examples, skew_sizes
 from mops.federated.client_app import held_input_prompts
 from mops.federated.server_app import MopsFedAvg
-from mops.federated.task import FROZEN_KEY, load_state, payload_bytes, problems_with, trainable_state
+from mops.federated.task import FROZEN_KEY, load_state, payload_bytes, problems_with, to_wire, trainable_state
 from mops.models import load_base_model
 from mops.tuners.mops.model import MoPModel
 from tests.test_cli import run_cli
@@ -189,6 +189,38 @@ def test_input_prompts_travel_once_per_client_and_again_after_a_failure(monkeypa
         held_input_prompts(third[12], restarted)
 
 
+def test_simulated_clients_get_a_gpu_share_where_cuda_is_visible() -> None:
+    assert client_gpu_share(None, 4, cuda=True) == 0.25 and client_gpu_share(None, 4, cuda=False) == 0.0
+    assert client_gpu_share(0.5, 4, cuda=True) == 0.5 and client_gpu_share(0.0, 4, cuda=True) == 0.0
+    with pytest.raises(ConfigError, match="no CUDA GPU"):
+        client_gpu_share(1.0, 4, cuda=False)
+    with pytest.raises(ConfigError, match=">= 0"):
+        client_gpu_share(-1.0, 4, cuda=True)
+
+
+def test_float16_transport_halves_the_arrays_and_averages_in_float32(monkeypatch) -> None:
+    for name in ("_run_id", "_node_id", "_task_id"):
+        monkeypatch.setattr(TaskIdentity, name, 1)
+    prompts = torch.randn(64, 32)
+    strategy = MopsFedAvg(ArrayRecord({FROZEN_KEY: torch.randn(3, 32)}), {"prompts": prompts}, 0, "float16",
+                          fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=1, min_available_nodes=1)
+    sent = {m.metadata.dst_node_id: m for m in strategy.configure_train(1, ArrayRecord({"prompts": prompts}),
+                                                                         ConfigRecord({}), _Nodes())}
+    wire = sent[11].content["arrays"]
+    assert wire.to_torch_state_dict()["prompts"].dtype == torch.float16
+    full = ArrayRecord({"prompts": prompts}).count_bytes()
+    assert payload_bytes(wire)["prompts"] < 0.55 * full
+    updates = {11: prompts + 1, 12: prompts - 3}
+    replies = [Message(RecordDict({"arrays": to_wire({"prompts": u}, "float16"),
+                                   "metrics": MetricRecord({"loss": 1.0, "num-examples": n})}), reply_to=sent[node])
+               for (node, u), n in zip(updates.items(), (3, 1))]
+    arrays, _ = strategy.aggregate_train(1, replies)
+    averaged = arrays.to_torch_state_dict()["prompts"]
+    assert averaged.dtype == torch.float32
+    torch.testing.assert_close(averaged, prompts, atol=2e-2, rtol=0)  # (3 x (p + 1) + (p - 3)) / 4, fp16-rounded
+    assert strategy.stats["bytes_received_by_payload"]["prompts"] == 2 * payload_bytes(wire)["prompts"]
+
+
 def test_resuming_with_other_settings_is_refused(tmp_path: Path) -> None:
     def run(**federation) -> FederatedRun:
         return FederatedRun(output=str(tmp_path), method="mops", federation=FederationConfig(**federation))
@@ -262,8 +294,32 @@ def test_simulation_both_methods_then_resume(tmp_path: Path, tiny_model_dir: Pat
     assert refused.returncode == 2 and "other settings" in refused.stderr
 
 
+def test_paired_seeds_and_their_summary(tmp_path: Path, tiny_model_dir: Path) -> None:
+    run = tmp_path / "fed"
+    out = run_cli("federate", "--model", str(tiny_model_dir), "-o", str(run), "--clients", "2", "--clients-per-round",
+                  "2", "--rounds", "1", "--seeds", "0,1", "--total", "70", "--max-length", "48", "--prompts-per-expert",
+                  "1", "--injection-layer", "2", "--recovery-steps", "2", "--gate-pretrain-steps", "10",
+                  "--gate-pretrain-examples", "14", "--eval-limit-per-task", "2", "--local-steps", "2", "-b", "2",
+                  "--json")
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["data"] == "dolly" and summary["compress"] is None and summary["seeds"] == [0, 1]
+    per_seed = []
+    for seed in (0, 1):
+        result = json.loads((run / f"seed-{seed}" / "results.json").read_text())
+        fp, mp = (result[m]["final"]["ppl"]["overall"]["ppl"] for m in ("fedprompt", "mops"))
+        per_seed.append(100 * (fp - mp) / fp)
+    assert summary["per_seed"] == pytest.approx(per_seed)
+    assert summary["gain_mean"] == pytest.approx(sum(per_seed) / 2)
+    assert summary["gain_std"] == pytest.approx(abs(per_seed[0] - per_seed[1]) / math.sqrt(2))
+    assert 0 < summary["bytes_per_round"]["fedprompt"] < summary["bytes_per_round"]["mops"]
+    assert json.loads(out.stdout)["summary"]["gain_mean"] == pytest.approx(summary["gain_mean"])
+    assert "Overall gain" in (run / "summary.md").read_text()
+
+
 def test_faulty_clients_are_dropped_and_the_round_completes(tmp_path: Path, tiny_model_dir: Path) -> None:
     cfg = tiny_run(tmp_path / "fed", tiny_model_dir, num_clients=5, clients_per_round=5, rounds=1, round_timeout=45,
+                   transport_dtype="float16",  # the client side of the float16 transport, end to end
                    inject_faults="0:raise,1:hang,2:nan,3:shape")
     folder = run_federated(cfg, "simulation", timeout=400)
     record = json.loads((folder / "rounds" / "round-1" / "round.json").read_text())
@@ -272,6 +328,10 @@ def test_faulty_clients_are_dropped_and_the_round_completes(tmp_path: Path, tiny
     reasons = " ".join(record["rejections"])
     assert "partition 2: expert_prompts contains NaN" in reasons and "partition 3: expert_prompts has shape" in reasons
     assert math.isfinite(record["eval_ppl"])
+    hidden = load_base_model(str(tiny_model_dir)).model.config.hidden_size
+    experts16 = ArrayRecord({"expert_prompts": torch.zeros(7, hidden, dtype=torch.float16)}).count_bytes()
+    sent, received = record["bytes_sent_by_payload"], record["bytes_received_by_payload"]
+    assert sent["experts"] == 5 * experts16 and received["gate"] * 5 == sent["gate"] * 3  # 3 replies, all float16
     assert not flower_processes(cfg.output)
 
 

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from mops.federated.config import FederatedRun, parse_faults
-from mops.federated.task import FROZEN_KEY, load_state, mean_loss, shared_setup, trainable_state
+from mops.federated.task import FROZEN_KEY, from_wire, load_state, mean_loss, shared_setup, to_wire, trainable_state
 from mops.training.logger import RunLogger
 from mops.training.loop import Runtime, train_steps
 from mops.tuners.mops.model import MoPModel
@@ -86,11 +86,12 @@ def train(msg: Message, context: Context) -> Message:
     cfg = FederatedRun.from_record(msg.content["config"])
     pid = int(context.node_config["partition-id"])
     server_round = int(msg.content["config"]["server-round"])
-    trainable = msg.content["arrays"].to_torch_state_dict()
+    trainable = from_wire(msg.content["arrays"])
     frozen = held_input_prompts(msg, context)
     fault = parse_faults(cfg.federation.inject_faults).get(pid)
     _before_training(fault, cfg)
     state, metrics = local_train(cfg, pid, server_round, trainable, frozen)
     state = _corrupt(fault, state)
     metrics["partition-id"] = pid
-    return Message(RecordDict({"arrays": ArrayRecord(state), "metrics": MetricRecord(metrics)}), reply_to=msg)
+    return Message(RecordDict({"arrays": to_wire(state, cfg.federation.transport_dtype), "metrics": MetricRecord(metrics)}),
+                   reply_to=msg)

@@ -26,6 +26,7 @@ from mops.tuners.registry import FEDERATED, METHODS
 
 PARTITIONS = ("skew", "iid", "dirichlet")
 FAULTS = ("raise", "hang", "nan", "shape")
+TRANSPORT_DTYPES = ("float32", "float16")  # numpy (Flower's arrays) has no bfloat16
 # TrainConfig fields a federated run does not read: its steps are `local_steps` per round, it evaluates and
 # checkpoints once per round, and its methods attach no peft adapter.
 NOT_FEDERATED = frozenset({"steps", "eval_every", "eval_at", "checkpoint_every", "lora_lr", "ia3_lr", "lora_r",
@@ -62,6 +63,9 @@ class FederationConfig:
         "help": "skew: the large partition of a task is this many times the others."})
     dirichlet_alpha: float = field(default=0.5, metadata={
         "help": "dirichlet: concentration (smaller = more skewed).", "flags": ("--alpha",)})
+    transport_dtype: str = field(default="float32", metadata={
+        "help": "Dtype of the trained arrays in messages: float32, or float16 (half the bytes; clients train and "
+                "the server averages in float32)."})
     round_timeout: float = field(default=600.0, metadata={"help": "Seconds to wait for clients each round."})
     inject_faults: str = field(default="", metadata={
         "help": "Fault tests: PARTITION:KIND,... with KIND raise, hang, nan or shape."})
@@ -74,6 +78,8 @@ class FederationConfig:
                 raise ConfigError(f"FederationConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.clients_per_round > self.num_clients:
             raise ConfigError(f"clients_per_round ({self.clients_per_round}) > num_clients ({self.num_clients})")
+        if self.transport_dtype not in TRANSPORT_DTYPES:
+            raise ConfigError(f"transport_dtype must be one of {', '.join(TRANSPORT_DTYPES)}, got {self.transport_dtype!r}")
         if self.skew_factor < 1:
             raise ConfigError(f"skew_factor must be >= 1, got {self.skew_factor}")
         if self.dirichlet_alpha <= 0:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Iterator
 
 import httpx
+import torch
 
 from mops.errors import ConfigError, MopsError
 from mops.federated.config import FederatedRun
@@ -213,11 +214,25 @@ def _follow_rounds(driver: subprocess.Popen, rounds_dir: Path, cfg: FederatedRun
             time.sleep(1.0)
 
 
+def client_gpu_share(client_gpus: float | None, clients_per_round: int, cuda: bool) -> float:
+    """The GPU share of each simulated client: `client_gpus`, or by default 1 / clients_per_round where CUDA is
+    visible (the round's clients share it), else 0. Ray hides the GPU from an actor given none, so without a
+    share every client would silently train on the CPU."""
+    if client_gpus is None:
+        return 1.0 / clients_per_round if cuda else 0.0
+    if client_gpus < 0:
+        raise ConfigError(f"--client-gpus must be >= 0, got {client_gpus}")
+    if client_gpus > 0 and not cuda:
+        raise ConfigError(f"--client-gpus {client_gpus}: no CUDA GPU is visible to this torch")
+    return client_gpus
+
+
 def run_federated(cfg: FederatedRun, engine: str = "simulation", client_cpus: int = 1,
-                  timeout: float | None = None, progress: bool = False) -> Path:
+                  timeout: float | None = None, progress: bool = False, client_gpus: float | None = None) -> Path:
     """Run one federated training with `flwr run`; returns ``output/<method>`` (results.json, adapter, logs)."""
     if engine not in ENGINES:
         raise MopsError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    gpus = client_gpu_share(client_gpus, cfg.federation.clients_per_round, torch.cuda.is_available())
     run_dir = Path(cfg.output).resolve()
     cfg.output = str(run_dir)  # the ServerApp runs in another process and folder
     check_resumable(run_dir / cfg.method, cfg)
@@ -243,7 +258,8 @@ def run_federated(cfg: FederatedRun, engine: str = "simulation", client_cpus: in
                                             flower / f"supernode-{pid}.log", env))
         cmd = [_bin("flwr"), "run", str(app_dir), "mops", "--stream"]
         if engine == "simulation":
-            cmd += ["--federation-config", f"num-supernodes={cfg.federation.num_clients} client-resources-num-cpus={client_cpus}"]
+            cmd += ["--federation-config", f"num-supernodes={cfg.federation.num_clients} "
+                    f"client-resources-num-cpus={client_cpus} client-resources-num-gpus={gpus}"]
         driver = stack.enter_context(process(cmd, flower / "flwr-run.log", env))
         code = _follow_rounds(driver, run_dir / cfg.method / "rounds", cfg, timeout, progress)
     if code != 0 or not results.is_file():

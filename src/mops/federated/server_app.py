@@ -21,8 +21,8 @@ from safetensors.torch import load_file, save_file
 
 from mops.evaluation.results import MethodResult
 from mops.federated.config import FederatedRun
-from mops.federated.task import (FROZEN_KEY, digest, load_state, mean_loss, payload_bytes, problems_with, shared_setup,
-                                 trainable_state)
+from mops.federated.task import (FROZEN_KEY, digest, from_wire, load_state, mean_loss, payload_bytes, problems_with,
+                                 shared_setup, to_wire, trainable_state)
 from mops.training.loop import Runtime
 from mops.training.pipeline import Pipeline
 from mops.tuners.mops.model import MoPModel
@@ -43,9 +43,10 @@ class MopsFedAvg(FedAvg):
     (Flower's per-node `Context.state`). A client that fails or does not answer may have restarted without it,
     so it gets P^1 again the next time it is sampled (one that lacks it raises, which counts as failed)."""
 
-    def __init__(self, frozen: ArrayRecord, reference: dict, round_offset: int, **kwargs) -> None:
+    def __init__(self, frozen: ArrayRecord, reference: dict, round_offset: int, transport: str = "float32",
+                 **kwargs) -> None:
         super().__init__(**kwargs)
-        self.frozen, self.reference, self.round_offset = frozen, reference, round_offset
+        self.frozen, self.reference, self.round_offset, self.transport = frozen, reference, round_offset, transport
         self.frozen_digest = digest(frozen.to_torch_state_dict()[FROZEN_KEY])
         self.holders: set[int] = set()  # nodes that were sent P^1 and have not failed since
         self.stats: dict = {}
@@ -54,10 +55,12 @@ class MopsFedAvg(FedAvg):
                         ) -> Iterable[Message]:
         sent: dict[str, int] = {}
         messages, with_frozen = [], 0
+        wire = to_wire(arrays.to_torch_state_dict(), self.transport)
         for msg in super().configure_train(server_round + self.round_offset, arrays, config, grid):
             node = msg.metadata.dst_node_id
-            content = RecordDict({**msg.content, "input-prompts": ConfigRecord({"digest": self.frozen_digest})})
-            _add(sent, payload_bytes(arrays))
+            content = RecordDict({**msg.content, "arrays": wire,
+                                  "input-prompts": ConfigRecord({"digest": self.frozen_digest})})
+            _add(sent, payload_bytes(wire))
             if node not in self.holders:
                 content["frozen"] = self.frozen
                 _add(sent, payload_bytes(self.frozen))
@@ -79,7 +82,9 @@ class MopsFedAvg(FedAvg):
                 continue
             answered.add(node)
             _add(self.stats["bytes_received_by_payload"], payload_bytes(msg.content["arrays"]))
-            problem = problems_with(msg.content["arrays"].to_torch_state_dict(), self.reference)
+            update = from_wire(msg.content["arrays"])
+            msg.content["arrays"] = ArrayRecord(update)  # averaged in float32 whatever the transport
+            problem = problems_with(update, self.reference)
             metrics = msg.content["metrics"]
             if problem:
                 self.stats["rejected"].append(f"partition {int(metrics.get('partition-id', -1))}: {problem}")
@@ -132,7 +137,7 @@ def main(grid: Grid, context: Context) -> None:
                    "clients_connected": wait_for_clients(grid, fed.num_clients, fed.round_timeout)})
     # Sample round(k / n) of the clients connected now: k while all are there, fewer after disconnects
     # (requiring k or n connected clients would wait forever once one has gone).
-    strategy = MopsFedAvg(frozen, reference, offset, fraction_train=min(1.0, (fed.clients_per_round + 0.5) / fed.num_clients),
+    strategy = MopsFedAvg(frozen, reference, offset, fed.transport_dtype, fraction_train=min(1.0, (fed.clients_per_round + 0.5) / fed.num_clients),
                           fraction_evaluate=0.0, min_train_nodes=1, min_available_nodes=1)
 
     def after_round(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:

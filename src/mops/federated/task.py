@@ -91,6 +91,16 @@ def load_state(model: MoPModel, trainable: dict[str, torch.Tensor], frozen: torc
     model.load_adapter_state({k: v.to(model.base.model.device) for k, v in state.items()})
 
 
+def to_wire(state: dict[str, torch.Tensor], dtype: str) -> ArrayRecord:
+    """The trained arrays as a message carries them: in `dtype` (float32 or float16)."""
+    return ArrayRecord({k: v.detach().to("cpu", getattr(torch, dtype)) for k, v in state.items()})
+
+
+def from_wire(record: ArrayRecord) -> dict[str, torch.Tensor]:
+    """A message's arrays as float32 tensors (what training and averaging use)."""
+    return {k: v.float() for k, v in record.to_torch_state_dict().items()}
+
+
 def payload(key: str) -> str:
     """The payload an array of a message belongs to: experts, prompts, gate or input_prompts (P^1)."""
     return {"expert_prompts": "experts", PROMPTS_KEY: "prompts", FROZEN_KEY: "input_prompts"}.get(

@@ -113,3 +113,32 @@ def summary_markdown(summary: dict) -> str:
                      f"{gain['mean']:+.2f} +- {gain['std']:.2f}", " ".join(f"{g:+.1f}" for g in gain["per_seed"])])
     head = f"Paired {ref} vs {method} over seeds {summary['seeds']}; gain = ({ref} - {method}) / {ref}.\n\n"
     return head + markdown_table(headers, rows)
+
+
+def bytes_per_round(results: Sequence[RunResult], method: str) -> float:
+    """Mean bytes per federated round of `method` (sent + received, every payload) over rounds and seeds."""
+    rounds = [r for result in results for r in result.methods[method].rounds or []]
+    return sum(r["bytes_sent"] + r["bytes_received"] for r in rounds) / len(rounds) if rounds else 0.0
+
+
+def federated_summary(per_seed: dict[int, RunResult], methods: Sequence[str], data: str,
+                      compress: str | None) -> dict:
+    """`mops federate --seeds`: the overall paired gain of MoPs over FedPrompt per seed (percent, positive =
+    MoPs better), mean +- std, each method's bytes per round, and the per-task paired summary; {} without a
+    pair."""
+    paired = seed_summary(per_seed, methods)
+    if not paired:
+        return {}
+    overall = paired["gain_percent"][OVERALL]
+    return {"data": data, "compress": compress, "seeds": list(per_seed), "per_seed": overall["per_seed"],
+            "gain_mean": overall["mean"], "gain_std": overall["std"],
+            "bytes_per_round": {m: bytes_per_round(list(per_seed.values()), m) for m in methods}, "paired": paired}
+
+
+def federated_summary_markdown(summary: dict) -> str:
+    """The paired per-task table and the traffic of each method."""
+    traffic = ", ".join(f"{m} {b:,.0f}" for m, b in summary["bytes_per_round"].items())
+    return (summary_markdown(summary["paired"])
+            + f"\nOverall gain: {summary['gain_mean']:+.2f} +- {summary['gain_std']:.2f}% (per seed: "
+            + " ".join(f"{g:+.2f}" for g in summary["per_seed"])
+            + f"). Bytes per round (sent + received, mean over rounds and seeds): {traffic}.\n")
