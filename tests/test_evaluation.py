@@ -50,3 +50,20 @@ def test_token_nll_ignores_unlabelled_positions():
     assert counts.tolist() == [1, 0] and sums[1] == 0
     expected = -torch.log_softmax(logits[0, 2], -1)[4]
     assert sums[0].item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_client_mix_ppl_and_gate_mass_weight_the_task_scores() -> None:
+    from mops.evaluation.clients import client_scores, mix_ppl, task_shares
+    from mops.evaluation.results import Evaluation
+
+    ppl = {"per_task": {"a": {"tokens": 100, "examples": 10, "nll": 1.0, "ppl": math.e},
+                        "b": {"tokens": 40, "examples": 10, "nll": 3.0, "ppl": math.e ** 3}}}
+    ev = Evaluation(step=1, ppl=ppl, gate=[[0.9, 0.1], [0.2, 0.8]])
+    # a client with half of each task: 10 response tokens per example of a, 4 of b -> (5 + 6) / 7
+    assert mix_ppl(ev, ["a", "b"], [0.5, 0.5]) == pytest.approx(math.exp(11 / 7))
+    assert mix_ppl(ev, ["a", "b"], [1.0, 0.0]) == pytest.approx(math.e)
+    assert task_shares([[3, 1], [0, 0]]) == [[0.75, 0.25], [0.0, 0.0]]
+    scores = client_scores(ev, ["a", "b"], [[3, 1], [0, 2]])
+    assert scores["ppl"] == pytest.approx([math.exp((0.75 * 10 + 0.25 * 4 * 3) / (0.75 * 10 + 0.25 * 4)), math.e ** 3])
+    assert [pytest.approx(row) for row in ([0.725, 0.275], [0.2, 0.8])] == scores["gate"]
+    assert "gate" not in client_scores(Evaluation(step=1, ppl=ppl), ["a", "b"], [[1, 1]])

@@ -314,7 +314,14 @@ def test_paired_seeds_and_their_summary(tmp_path: Path, tiny_model_dir: Path) ->
     assert summary["gain_std"] == pytest.approx(abs(per_seed[0] - per_seed[1]) / math.sqrt(2))
     assert 0 < summary["bytes_per_round"]["fedprompt"] < summary["bytes_per_round"]["mops"]
     assert json.loads(out.stdout)["summary"]["gain_mean"] == pytest.approx(summary["gain_mean"])
-    assert "Overall gain" in (run / "summary.md").read_text()
+    assert "Overall gain" in (run / "summary.md").read_text() and "Per client" in (run / "summary.md").read_text()
+    # per client: its training mix (2 clients x 7 tasks), PPL on that mix, gate mass heatmap
+    result = json.loads((run / "seed-0" / "results.json").read_text())
+    assert len(result["clients"]) == 2 and all(len(row) == 7 for row in result["clients"])
+    assert sum(map(sum, result["clients"])) > 0
+    assert all(s["examples"] > 0 for s in result["mops"]["final"]["ppl"]["per_task"].values())
+    assert "Per client" in (run / "seed-0" / "results.md").read_text() and (run / "seed-0" / "gate_clients.png").is_file()
+    assert len(summary["clients"]["gain_per_seed"]) == 2 and len(summary["clients"]["spread_per_seed"]) == 2
 
 
 def test_faulty_clients_are_dropped_and_the_round_completes(tmp_path: Path, tiny_model_dir: Path) -> None:

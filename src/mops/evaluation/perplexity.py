@@ -48,6 +48,7 @@ def token_nll(logits: torch.Tensor, labels: torch.Tensor, positions: torch.Tenso
 class TaskScore:
     tokens: int = 0
     nll: float = 0.0  # summed over tokens
+    examples: int = 0
 
     @property
     def mean_nll(self) -> float:
@@ -58,7 +59,7 @@ class TaskScore:
         return math.exp(self.mean_nll) if self.tokens else float("nan")
 
     def to_dict(self) -> dict[str, float]:
-        return {"tokens": self.tokens, "nll": self.mean_nll, "ppl": self.ppl}
+        return {"tokens": self.tokens, "examples": self.examples, "nll": self.mean_nll, "ppl": self.ppl}
 
 
 @dataclass
@@ -69,7 +70,8 @@ class PerplexityReport:
 
     @property
     def overall(self) -> TaskScore:
-        return TaskScore(sum(s.tokens for s in self.per_task.values()), sum(s.nll for s in self.per_task.values()))
+        return TaskScore(sum(s.tokens for s in self.per_task.values()), sum(s.nll for s in self.per_task.values()),
+                         sum(s.examples for s in self.per_task.values()))
 
     def to_dict(self) -> dict:
         return {
@@ -107,5 +109,6 @@ def evaluate_perplexity(
                 score = report.per_task[tasks[task_id]]
                 score.nll += s
                 score.tokens += c
+                score.examples += 1
             advance()
     return report

@@ -89,7 +89,7 @@ class MethodResult:
                    rounds=data.get("rounds"), adapter=data.get("adapter"))
 
 
-_RUN_KEYS = ("tasks", "settings", "base", "versions", "recovery", "input_prompts_only", "gate_pretrain")
+_RUN_KEYS = ("tasks", "settings", "base", "versions", "recovery", "input_prompts_only", "gate_pretrain", "clients")
 
 
 @dataclass
@@ -104,6 +104,7 @@ class RunResult:
     versions: dict | None = None
     recovery: dict = field(default_factory=dict)
     gate_pretrain: dict | None = None  # its losses, and "gate": the (tasks x experts) matrix after it
+    clients: list[list[int]] | None = None  # federated: (clients x tasks) training examples of each partition
 
     def ppl(self, method: str, task: str = OVERALL) -> float:
         """Final test PPL of `method` on `task` (or overall)."""
@@ -116,13 +117,14 @@ class RunResult:
     def merged(self, other: "RunResult") -> "RunResult":
         """This run's methods plus `other`'s (federated: one Flower run per method, same P^1)."""
         return RunResult(**{**self.__dict__, "methods": {**self.methods, **other.methods},
-                            "gate_pretrain": self.gate_pretrain or other.gate_pretrain})
+                            "gate_pretrain": self.gate_pretrain or other.gate_pretrain,
+                            "clients": self.clients or other.clients})
 
     def to_dict(self) -> dict:
         out: dict[str, Any] = {"tasks": self.tasks, "settings": self.settings, "base": self.base,
                                "versions": self.versions, "recovery": self.recovery,
                                "input_prompts_only": self.input_prompts_only.to_dict(),
-                               "gate_pretrain": self.gate_pretrain}
+                               "gate_pretrain": self.gate_pretrain, "clients": self.clients}
         out = {k: v for k, v in out.items() if v is not None}  # results from before a field existed lack it
         return out | {m: r.to_dict() for m, r in self.methods.items()}
 
@@ -133,4 +135,4 @@ class RunResult:
         return cls(tasks=data["tasks"], input_prompts_only=Evaluation.from_dict(data["input_prompts_only"]),
                    methods=methods, settings=data.get("settings", {}), base=data.get("base"),
                    versions=data.get("versions"), recovery=data.get("recovery", {}),
-                   gate_pretrain=data.get("gate_pretrain"))
+                   gate_pretrain=data.get("gate_pretrain"), clients=data.get("clients"))

@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from mops.evaluation.results import MethodResult
 from mops.federated.config import FederatedRun
+from mops.federated.partition import histogram
 from mops.federated.task import (FROZEN_KEY, digest, from_wire, load_state, mean_loss, payload_bytes, problems_with,
                                  shared_setup, to_wire, trainable_state)
 from mops.training.loop import Runtime
@@ -125,6 +126,7 @@ def main(grid: Grid, context: Context) -> None:
                     cfg.data.template)
     results = pipe.shared_stages(gate=cfg.uses_gate)
     results.settings = cfg.settings()
+    results.clients = histogram(setup.partitions, setup.splits.tasks)
     model.use_gate_(cfg.uses_gate)
     rounds_dir = out / "rounds"
     offset = _last_round(rounds_dir)

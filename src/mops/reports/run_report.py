@@ -8,9 +8,10 @@ import json
 from pathlib import Path
 from typing import Sequence
 
+from mops.evaluation.clients import client_scores, task_shares
 from mops.evaluation.results import OVERALL, RunResult
 from mops.reports.figures import loss_curves, save_gate_heatmap
-from mops.reports.stats import paired_summary, relative_gain
+from mops.reports.stats import format_mean_std, mean_std, paired_summary, relative_gain
 from mops.reports.tables import ROUND_HEADERS, markdown_table, round_rows, traffic_rows
 from mops.tuners.registry import METHODS
 
@@ -65,6 +66,32 @@ def metric_rows(result: RunResult, methods: Sequence[str], name: str) -> tuple[l
     return headers, rows
 
 
+def client_gains(result: RunResult, reference: str, method: str) -> list[float]:
+    """Per client: the paired gain of `method` over `reference` on the client's task mix."""
+    a, b = (client_scores(result.methods[m].final, result.tasks, result.clients or [])["ppl"] for m in (reference, method))
+    return [relative_gain(x, y) for x, y in zip(a, b)]
+
+
+def client_rows(result: RunResult, methods: Sequence[str]) -> tuple[list[str], list[list[object]]]:
+    """Federated: per client, its largest task and share, each method's PPL on its task mix
+    (`evaluation.clients`), each paired gain; then mean +- std over clients. Empty without client mixes."""
+    if not result.clients:
+        return [], []
+    compared = pairs(methods)
+    scores = {m: client_scores(result.methods[m].final, result.tasks, result.clients)["ppl"] for m in methods}
+    headers = ["client", "largest task (share)", *methods, *(gain_header(ref, m, methods) for ref, m in compared)]
+    rows: list[list[object]] = []
+    for c, shares in enumerate(task_shares(result.clients)):
+        top = max(range(len(shares)), key=shares.__getitem__)
+        row: list[object] = [c, f"{result.tasks[top]} ({100 * shares[top]:.0f}%)", *(scores[m][c] for m in methods)]
+        row += [f"{relative_gain(scores[ref][c], scores[m][c]):+.1f}%" for ref, m in compared]
+        rows.append(row)
+    gains = {(ref, m): client_gains(result, ref, m) for ref, m in compared}
+    rows.append(["mean +- std", "", *(format_mean_std(scores[m]) for m in methods),
+                 *(format_mean_std(gains[p], 1, "+") + "%" for p in compared)])
+    return headers, rows
+
+
 def write_run_report(run_dir: Path, result: RunResult, methods: Sequence[str]) -> None:
     """results.json (every number, settings, base, versions), results.md, gate heatmaps, loss curves; per-round
     table when the methods ran federated."""
@@ -82,6 +109,10 @@ def write_run_report(run_dir: Path, result: RunResult, methods: Sequence[str]) -
         if t_rows:
             text += ("\nCommunication (bytes as serialised by Flower, both directions, mean per round; P^1 is sent "
                      "once per client, its total over the run is apart):\n\n" + markdown_table(t_headers, t_rows))
+    c_headers, c_rows = client_rows(result, methods)
+    if c_rows:
+        text += ("\nPer client: test PPL on the client's own task mix (the per-task test scores weighted by its "
+                 "training partition's task shares):\n\n" + markdown_table(c_headers, c_rows))
     (run_dir / "results.md").write_text(text)
     if result.pretrained_gate is not None:
         save_gate_heatmap(result.pretrained_gate, result.tasks, "gate after pretraining", run_dir / "gate_pretrained.png")
@@ -90,6 +121,11 @@ def write_run_report(run_dir: Path, result: RunResult, methods: Sequence[str]) -
         name = "gate_final.png" if m == gated[0] else f"gate_final_{m}.png"
         save_gate_heatmap(result.methods[m].final.gate, result.tasks, f"gate after {m} training", run_dir / name)
     loss_curves({m: result.methods[m].losses for m in methods}, "training loss", run_dir / "loss.png")
+    for m in (gated if result.clients else []):
+        name = "gate_clients.png" if m == gated[0] else f"gate_clients_{m}.png"
+        routing = client_scores(result.methods[m].final, result.tasks, result.clients)["gate"]
+        save_gate_heatmap(routing, [f"client {c}" for c in range(len(routing))],
+                          f"{m}: gate mass per client (its task mix)", run_dir / name)
     if any(result.methods[m].rounds is not None for m in methods):
         (run_dir / "rounds.md").write_text("Per round (test PPL on the eval subset; bytes as serialised by Flower, "
                                            "sent per payload: P^1 goes to a client once).\n\n"
@@ -130,9 +166,15 @@ def federated_summary(per_seed: dict[int, RunResult], methods: Sequence[str], da
     if not paired:
         return {}
     overall = paired["gain_percent"][OVERALL]
-    return {"data": data, "compress": compress, "seeds": list(per_seed), "per_seed": overall["per_seed"],
-            "gain_mean": overall["mean"], "gain_std": overall["std"],
-            "bytes_per_round": {m: bytes_per_round(list(per_seed.values()), m) for m in methods}, "paired": paired}
+    out = {"data": data, "compress": compress, "seeds": list(per_seed), "per_seed": overall["per_seed"],
+           "gain_mean": overall["mean"], "gain_std": overall["std"],
+           "bytes_per_round": {m: bytes_per_round(list(per_seed.values()), m) for m in methods}, "paired": paired}
+    if all(r.clients for r in per_seed.values()):  # per seed: the mean and the spread of the per-client gains
+        per_client = [client_gains(r, paired["reference"], paired["method"]) for r in per_seed.values()]
+        means = [mean_std(g)["mean"] for g in per_client]
+        out["clients"] = {"gain_per_seed": means, **{f"gain_{k}": v for k, v in mean_std(means).items()},
+                          "spread_per_seed": [mean_std(g)["std"] for g in per_client]}
+    return out
 
 
 def federated_summary_markdown(summary: dict) -> str:
@@ -141,4 +183,8 @@ def federated_summary_markdown(summary: dict) -> str:
     return (summary_markdown(summary["paired"])
             + f"\nOverall gain: {summary['gain_mean']:+.2f} +- {summary['gain_std']:.2f}% (per seed: "
             + " ".join(f"{g:+.2f}" for g in summary["per_seed"])
-            + f"). Bytes per round (sent + received, mean over rounds and seeds): {traffic}.\n")
+            + f"). Bytes per round (sent + received, mean over rounds and seeds): {traffic}.\n"
+            + (f"\nPer client (PPL on its own task mix), mean gain over clients: {c['gain_mean']:+.2f} +- "
+               f"{c['gain_std']:.2f}% over seeds (per seed: {' '.join(f'{g:+.2f}' for g in c['gain_per_seed'])}; "
+               f"spread across clients per seed: {' '.join(f'{s:.2f}' for s in c['spread_per_seed'])}).\n"
+               if (c := summary.get("clients")) else ""))
