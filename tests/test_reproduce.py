@@ -44,6 +44,9 @@ def test_grid_files_are_validated(tmp_path):
     bad.write_text('experiment = "table"\n[[cells]]\nname = "a"\ncolour = "red"\n')
     with pytest.raises(ConfigError, match=r"bad.toml: cells\[0\]: unknown key.*colour"):
         load_grid(bad)
+    bad.write_text('experiment = "table"\n[[cells]]\nname = "a"\nmodel = { model = "x", compress = "int8" }\n')
+    with pytest.raises(ConfigError, match=r"cells\[0\]: model must be a value, not a table"):
+        load_grid(bad)
     bad.write_text('experiment = "table"\n[[cells]\n')
     with pytest.raises(ConfigError, match="bad.toml: not valid TOML"):
         load_grid(bad)

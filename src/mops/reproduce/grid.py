@@ -133,6 +133,10 @@ def cell_from_dict(raw: dict, where: str) -> Cell:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(sections | set(RUN_KEYS))}")
     if "name" not in raw:
         raise ConfigError(f"{where} has no name")
+    tables = sorted(k for k in RUN_KEYS if isinstance(raw.get(k), dict))
+    if tables:
+        raise ConfigError(f"{where}: {', '.join(tables)} must be a value, not a table: model and data settings "
+                          f"are flat keys of the cell ({', '.join(sorted(RUN_KEYS))})")
     run = {cls: {k: v for k, v in raw.items() if RUN_KEYS.get(k) is cls} for cls in (ModelConfig, DataConfig)}
     return Cell(**{k: v for k, v in raw.items() if k in sections},
                 model=_build(ModelConfig, run[ModelConfig], f"{where}: model"),
