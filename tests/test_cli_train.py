@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from tests.test_cli import run_cli
 
@@ -103,3 +104,42 @@ def test_train_on_a_compressed_base_and_adapter_needs_the_same_compression(tmp_p
     assert json.loads(same.stdout)["overall"]["ppl"] == json.loads(scored.stdout)["overall"]["ppl"]
     refused = run_cli(*args, "--compress", "magnitude:0.5")  # another base than the adapter was trained on
     assert refused.returncode == 2 and "was trained on" in refused.stderr and "magnitude:2:4+int8" in refused.stderr
+
+
+def test_controls_train_paired_with_the_baseline(tmp_path, tiny_model_dir):
+    """The routing controls: a frozen random gate stays as initialised, the unpretrained gate learns from that
+    initialisation, the oracle routes by task (no gate recorded), each with its gain over the baseline; ROUGE-L
+    is scored through the same routing."""
+    from safetensors.torch import load_file
+
+    from mops.models import load_base_model
+    from mops.tuners.mops.config import MoPConfig
+    from mops.tuners.mops.model import MoPModel
+
+    run = tmp_path / "run"
+    methods = "baseline,oracle,random_gate,mops_unpretrained"
+    out = run_cli("train", "--model", str(tiny_model_dir), *ARGS, "--method", methods, "--eval-metrics", "ppl,rougeL",
+                  "--eval-max-new-tokens", "3", "-o", str(run), "--json")
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = json.loads((run / "results.json").read_text())
+    fresh = MoPModel(load_base_model(str(tiny_model_dir)), MoPConfig(num_experts=7, prompts_per_expert=1,
+                                                                      injection_layer=2))
+    initial = {k: v for k, v in fresh.adapter_state().items() if k.startswith("gate.")}
+    pretrained = load_file(str(run / "stages" / "gate_pretrain" / "adapter.safetensors"))
+    frozen, learned = (load_file(str(run / m / "adapter" / "adapter_model.safetensors"))
+                       for m in ("random_gate", "mops_unpretrained"))
+    for key, value in initial.items():
+        assert torch.equal(frozen[key], value), key  # frozen: still the initial gate
+    assert any(not torch.equal(learned[k], initial[k]) for k in initial)  # trained from there ...
+    assert any(not torch.allclose(pretrained[k], initial[k]) for k in initial if k in pretrained)  # ... not pretrained
+    hidden = fresh.expert_prompts.shape[-1]
+    assert results["random_gate"]["trainable_parameters"] == results["oracle"]["trainable_parameters"] == 7 * hidden
+    assert results["mops_unpretrained"]["trainable_parameters"] > 7 * hidden
+    assert "gate" not in results["oracle"]["final"] and "gate" in results["random_gate"]["final"]
+    assert results["oracle"]["final"]["generation"]["overall"]["rougeL"] >= 0
+    text = (run / "results.md").read_text()
+    assert all(f"{m} vs baseline" in text for m in ("oracle", "random_gate", "mops_unpretrained"))
+
+    few = run_cli("train", "--model", str(tiny_model_dir), *ARGS[:6], "--num-experts", "3", *ARGS[8:], "--method",
+                  "baseline,oracle", "-o", str(tmp_path / "few"))
+    assert few.returncode == 2 and "oracle routes each task to its own expert" in few.stderr

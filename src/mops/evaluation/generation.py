@@ -23,7 +23,8 @@ from mops.progress import progress_bar
 METRICS = ("ppl", "rougeL", "exact_match")
 # (input_ids (B, T) left-padded, attention_mask (B, T), max_new_tokens) -> new tokens (B, N), gate weights (B, E)
 # of each input (None without a gate)
-GenerateFn = Callable[[torch.Tensor, torch.Tensor, int], tuple[torch.Tensor, torch.Tensor | None]]
+# (input_ids (B, T), attention_mask (B, T), max_new_tokens, task_ids (B,)) -> new tokens (B, N), gate weights (B, E)
+GenerateFn = Callable[[torch.Tensor, torch.Tensor, int, torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
 LABEL_WORDS, LABEL_VALUES = 3, 20  # a task's answers are labels: each at most 3 words, at most 20 distinct
 
 
@@ -31,7 +32,8 @@ def greedy_fn(base, mop=None) -> GenerateFn:
     """Greedy decoding with the KV cache: of the base model, or of base + MoPs adapter `mop` (a `MoPModel`)."""
     pad = base.tokenizer.pad_token_id
 
-    def generate(ids: torch.Tensor, mask: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def generate(ids: torch.Tensor, mask: torch.Tensor, n: int, task_ids: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
         if mop is None:
             return base.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n, do_sample=False,
                                        pad_token_id=pad)[:, ids.shape[1]:], None
@@ -50,7 +52,8 @@ def generate_answers(generate: GenerateFn, prompts: Sequence[Encoded], tokenizer
     with progress_bar(len(batches), "generate", enabled=progress) as advance:
         for batch in batches:
             b = collate([prompts[i] for i in batch], tokenizer.pad_token_id, left_pad=True)
-            new, weights = generate(b["input_ids"].to(device), b["attention_mask"].to(device), max_new_tokens)
+            new, weights = generate(b["input_ids"].to(device), b["attention_mask"].to(device), max_new_tokens,
+                                    b["task_ids"].to(device))
             for row, (i, text) in enumerate(zip(batch, tokenizer.batch_decode(new, skip_special_tokens=True))):
                 answers[i] = text.strip()
                 gates[i] = None if weights is None else weights[row].tolist()

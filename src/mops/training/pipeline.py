@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence, TypeVar
 
 import torch
 
@@ -38,6 +38,8 @@ from mops.tuners.mops.model import MoPModel
 from mops.tuners.mops.prefix_cache import PrefixCache, mop_logits_fn, open_prefix_cache
 from mops.tuners.peft_baselines import adapter_settings
 from mops.tuners.registry import METHODS, Method
+
+T = TypeVar("T")
 
 
 def _token_digest(encoded: Sequence[Encoded]) -> str:
@@ -184,6 +186,8 @@ class Pipeline:
             for name, module in self.model.lm.named_modules():
                 if name.endswith("lora_dropout") or ".lora_dropout." in name:
                     module.train()  # the adapter's own dropout, while training only
+        if method.uses_gate and (not method.trains_gate or method.routes_by_task):
+            self.model.gate.trainable_(False)  # controls: a frozen (or unused) gate is no trainable parameter
         groups = method.param_groups(self.model, cfg)
         evals: list[dict] = []
 
@@ -191,7 +195,7 @@ class Pipeline:
             losses = train_steps(
                 self.model, method.name, groups, self.train_enc, cfg.steps, cfg, self.rt, self.pad_id,
                 self.store.checkpoints(method.name), on_eval=lambda step: self.evaluate(method.name, step).to_dict(),
-                logits_fn=mop_logits_fn(self.model, self.cache("train")), evals=evals,
+                logits_fn=self._routed(mop_logits_fn(self.model, self.cache("train"))), evals=evals,
             )
             return MethodResult(final=self.evaluate(method.name, cfg.steps), losses=losses,
                                 evals=[Evaluation.from_dict(e) for e in evals],
@@ -215,7 +219,7 @@ class Pipeline:
 
     def _evaluate(self, label: str, step: int) -> Evaluation:
         report = evaluate_perplexity(
-            mop_logits_fn(self.model, self.cache("test")), self.test_enc, self.splits.tasks, self.pad_id,
+            self._routed(mop_logits_fn(self.model, self.cache("test"))), self.test_enc, self.splits.tasks, self.pad_id,
             self.train_cfg.eval_batch_size, self.device, progress=self.rt.progress and self.rt.is_main,
         ).to_dict()
         record: dict = {"stage": f"{label}_eval", "step": step, "eval_ppl": report["overall"]["ppl"]}
@@ -224,7 +228,7 @@ class Pipeline:
         if self.train_cfg.generates:
             out.generation = self.answer_metrics()
             record.update({f"eval_{k}": v for k, v in out.generation["overall"].items() if k != "examples"})
-        if self.model.config.use_gate and self.model.stage == "mop":
+        if self.model.config.use_gate and self.model.stage == "mop" and not self._by_task:
             out.gate = record["gate"] = self.gate_matrix()
             self.rt.logger.figure(f"{label}/gate", gate_heatmap_figure(out.gate, self.splits.tasks, f"{label} step {step}"), step)
         self.rt.logger.log(record)
@@ -238,9 +242,27 @@ class Pipeline:
     def answer_metrics(self) -> dict:
         """ROUGE-L (and exact match on label tasks) of greedy answers to the scored test prompts."""
         prompts, labels = self._answer_inputs
-        return answer_metrics(greedy_fn(self.model.base, self.model), prompts, self.test_examples, labels,
+        return answer_metrics(self._routed(greedy_fn(self.model.base, self.model)), prompts, self.test_examples, labels,
                               self.model.base.tokenizer, self.train_cfg.eval_max_new_tokens,
                               self.train_cfg.eval_batch_size, self.device, progress=self.rt.progress and self.rt.is_main)
+
+    @property
+    def _by_task(self) -> bool:
+        """Whether the method training now routes by the task label (the oracle control)."""
+        return self.method is not None and self.method.routes_by_task
+
+    def _routed(self, fn: Callable[..., T]) -> Callable[..., T]:
+        """`fn` (a LogitsFn, whose batch carries the task ids, or a GenerateFn, whose last argument is them)
+        routing each input to its task's expert while the method training now routes by task; else `fn`."""
+        if not self._by_task:
+            return fn
+
+        def routed(*args):
+            task_ids = args[0]["task_ids"] if isinstance(args[0], dict) else args[-1]  # LogitsFn / GenerateFn
+            with self.model.routed_by_task(task_ids.to(self.device)):
+                return fn(*args)
+
+        return routed
 
     @torch.no_grad()
     def gate_matrix(self) -> list[list[float]]:
@@ -265,10 +287,15 @@ class Pipeline:
 
 def run_methods(pipe: Pipeline, methods: Sequence[str]) -> RunResult:
     """Shared stages once, then each method from the same shared state. Writes results.json/.md and figures."""
+    by_task = [m for m in methods if METHODS[m].routes_by_task]
+    if by_task and pipe.model.config.num_experts < len(pipe.splits.tasks):
+        raise ConfigError(f"method {by_task[0]} routes each task to its own expert: it needs num_experts >= the "
+                          f"{len(pipe.splits.tasks)} tasks, got {pipe.model.config.num_experts}")
+    untrained_gate = {k: v for k, v in trainable_state(pipe.model).items() if k.startswith("gate.")}  # as initialised
     result = pipe.shared_stages(gate=any(METHODS[m].uses_gate for m in methods))
     shared = trainable_state(pipe.model)
     for name in methods:
-        load_trainable_state(pipe.model, shared)
+        load_trainable_state(pipe.model, shared | (untrained_gate if METHODS[name].gate_start == "random" else {}))
         result.methods[name] = pipe.train(name)
     if pipe.rt.is_main:
         write_run_report(pipe.run_dir, result, methods)

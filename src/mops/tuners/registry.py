@@ -40,6 +40,9 @@ class Method:
     lr_setting: str  # the TrainConfig field holding its learning rate ...
     lr_fallback: str | None = None  # ... or this one where that field is None (baseline_lr -> lr)
     uses_gate: bool = False  # experts weighted per input by the gate (else the slots are one prompt set)
+    gate_start: str = "pretrained"  # the gate it starts from: after gate pretraining, or "random" (as initialised)
+    trains_gate: bool = True  # with uses_gate: the gate MLP trains (False: it stays as it started)
+    routes_by_task: bool = False  # each input goes to the expert of its task label (the oracle; gate unused)
     peft: str | None = None  # a peft adapter attached to the base while it trains: lora or ia3
     trains_prompts: bool = True  # False: the slots stay at P^1, only the peft weights train
     on_frozen: str | None = None  # trains on top of this method's finished (frozen) stage
@@ -80,7 +83,7 @@ class Method:
         if not self.trains_prompts:
             return [{"params": [p for p in model.lm.parameters() if p.requires_grad], "lr": lr}]
         groups = [{"params": [model.expert_prompts], "lr": lr}]
-        if self.uses_gate:
+        if self.uses_gate and self.trains_gate and not self.routes_by_task:
             mlp = [p for n, p in model.gate.named_parameters() if p.requires_grad and n != "strength"]
             groups.append({"params": mlp, "lr": settings.effective_gate_lr})
             if model.gate.strength.requires_grad:
@@ -103,6 +106,14 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            peft="lora", on_frozen="lora", compared_to=("lora",)),
     Method("fedprompt", "federated prompt tuning (no gate): the federated baseline", "baseline_lr", "lr",
            centralised=False, federated=True),
+    # controls: where MoPs' gain comes from (each paired with the baseline of the same run)
+    Method("oracle", "control: MoPs' experts routed by the task label (expert = task, one-hot; no gate): the "
+           "routing ceiling", "lr", uses_gate=True, trains_gate=False, routes_by_task=True, compared_to=("baseline",)),
+    Method("random_gate", "control: MoPs with a frozen randomly initialised gate (no pretraining, gate lr 0): does any "
+           "input-dependent routing help?", "lr", uses_gate=True, gate_start="random", trains_gate=False,
+           compared_to=("baseline",)),
+    Method("mops_unpretrained", "control: MoPs whose gate learns from its random initialisation (no gate "
+           "pretraining)", "lr", uses_gate=True, gate_start="random", compared_to=("baseline",)),
 )}
 CENTRALISED = tuple(m for m, e in METHODS.items() if e.centralised)
 FEDERATED = tuple(m for m, e in METHODS.items() if e.federated)

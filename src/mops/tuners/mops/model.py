@@ -16,9 +16,10 @@ generation; the slots always sit at positions 0..K-1.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Iterator, Literal, Sequence
 
 import torch
 from torch import nn
@@ -80,6 +81,7 @@ class MoPModel(nn.Module):
         self._gate_mask: torch.Tensor | None = None  # (B, K + T) positions averaged for the gate
         self.last_gate_weights: torch.Tensor | None = None  # (B, E) of the last forward, with its graph
         self._skip_injection = False  # set during `forward_cached`: the experts are already in place
+        self._route: torch.Tensor | None = None  # (B, E) fixed routing in place of the gate (`routed_by_task`)
         self._original_attn = lm.config._attn_implementation
         lm.set_attn_implementation(gated_name(self._original_attn))
         for layer in self.layers:
@@ -201,7 +203,7 @@ class MoPModel(nn.Module):
         """Set the gate's attention bias from avg_emb (B, d); -> experts + token states (B, K+T, d)."""
         cfg = self.config
         b = token_states.shape[0]
-        weights = self.gate(avg_emb) if cfg.use_gate else None
+        weights = self._route if self._route is not None else self.gate(avg_emb) if cfg.use_gate else None
         self.last_gate_weights = weights
         if cfg.routing == "merge":  # each input's slots: sum_e w_e * expert e's prompts (the mean without a gate)
             experts = self.expert_prompts.view(cfg.num_experts, cfg.prompts_per_expert, -1).float()
@@ -298,6 +300,19 @@ class MoPModel(nn.Module):
             self._skip_injection = False
             for layer in self.layers[: self.config.injection_layer]:
                 del layer.forward
+
+    @contextmanager
+    def routed_by_task(self, task_ids: torch.Tensor) -> Iterator[None]:
+        """Inside the block, input b goes to expert task_ids[b] alone (one-hot weights in place of the gate): the
+        oracle-routing control. task_ids: (B,) task indices, each < num_experts."""
+        if int(task_ids.max()) >= self.config.num_experts:
+            raise ConfigError(f"routing by task needs an expert per task: task {int(task_ids.max())} but only "
+                              f"{self.config.num_experts} experts")
+        self._route = nn.functional.one_hot(task_ids, self.config.num_experts).float()
+        try:
+            yield
+        finally:
+            self._route = None
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs) -> torch.Tensor:
