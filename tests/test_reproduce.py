@@ -258,8 +258,8 @@ def test_budget_curve_points_equal_runs_of_that_length(tmp_path, tiny_model_dir)
                     for s in cell["per_seed"].values()]
         assert row["per_seed"] == pytest.approx(per_seed) and row["seeds"] == [0, 1]
         assert row["gain_mean"] == pytest.approx(sum(per_seed) / 2) and row["data"] == "dolly"
-        assert row["compress"] == "none" and row["gain_std"] > 0
-    assert (out / "budget.png").stat().st_size > 5000 and "| long | 2 |" in (out / "results.md").read_text()
+        assert row["compress"] == "none" and row["gain_std"] > 0 and row["dtype"] == "auto"
+    assert (out / "budget.png").stat().st_size > 5000 and "| long | auto | 2 |" in (out / "results.md").read_text()
     short = tmp_path / "short.toml"
     short.write_text(grid_toml(tiny_model_dir, "budget", '[[cells]]\nname = "short"\n')
                      .replace(TRAIN, train.replace("steps = 4,", "steps = 2,").replace('eval_at = "2"', 'eval_at = ""')))

@@ -183,7 +183,8 @@ def budget_summary(records: Sequence[dict], reference: str = "baseline", method:
             per_seed = [relative_gain(a[step], b[step]) for a, b in curves]
             stats = mean_std(per_seed)
             rows.append({"cell": r["name"], "data": r["settings"]["data"]["data"],
-                         "compress": r["settings"]["model"]["compress"] or "none", "steps": step,
+                         "compress": r["settings"]["model"]["compress"] or "none",
+                         "dtype": r["settings"]["model"].get("dtype", "auto"), "steps": step,
                          "seeds": [int(k) for k in r["per_seed"]], "gain_mean": stats["mean"],
                          "gain_std": stats["std"], "per_seed": per_seed,
                          f"{reference}_ppl": mean_std([a[step] for a, _ in curves])["mean"],
@@ -208,11 +209,11 @@ def budget_report(summary: Sequence[dict], title: str, out: Path) -> str:
     fig.tight_layout()
     fig.savefig(out / "budget.png", dpi=120)
     plt.close(fig)
-    rows = [[row["cell"], row["steps"], f"{row['baseline_ppl']:.2f}", f"{row['mops_ppl']:.2f}",
+    rows = [[row["cell"], row.get("dtype", "auto"), row["steps"], f"{row['baseline_ppl']:.2f}", f"{row['mops_ppl']:.2f}",
              format_mean_std(row["per_seed"], sign="+"), " ".join(f"{g:+.2f}" for g in row["per_seed"])]
             for row in summary]
     return ("\nMoPs gain against training steps (every number: summary.json):\n\n"
-            + markdown_table(["cell", "steps", "baseline PPL", "MoPs PPL", "gain % (mean +- std)", "per seed"], rows)
+            + markdown_table(["cell", "compute dtype", "steps", "baseline PPL", "MoPs PPL", "gain % (mean +- std)", "per seed"], rows)
             + "\n![gain vs steps](budget.png)\n")
 
 
