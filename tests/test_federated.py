@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.serverapp.strategy import FedAdam, FedAvgM
 from flwr.supercore.task_identity import TaskIdentity
 
 from mops.data import load_splits
@@ -25,7 +26,7 @@ from mops.training.config import TrainConfig
 from mops.federated.launcher import check_resumable, client_gpu_share, processes_with_env, run_federated
 from mops.federated.partition import histogram, partition_examples, skew_sizes
 from mops.federated.client_app import held_input_prompts
-from mops.federated.server_app import MopsFedAvg
+from mops.federated.server_app import MopsFedAvg, MopsStrategy, make_strategy
 from mops.federated.task import FROZEN_KEY, load_state, payload_bytes, problems_with, to_wire, trainable_state
 from mops.models import load_base_model
 from mops.tuners.mops.model import MoPModel
@@ -221,6 +222,37 @@ def test_float16_transport_halves_the_arrays_and_averages_in_float32(monkeypatch
     assert strategy.stats["bytes_received_by_payload"]["prompts"] == 2 * payload_bytes(wire)["prompts"]
 
 
+def test_server_optimizers_apply_the_averaged_update(monkeypatch) -> None:
+    """FedAvgM through the MoPs strategy: momentum carries the last round's step into the next; FedAdam gets its
+    server learning rate; a gated method that keeps its pretrained gate sends the experts only."""
+    for name in ("_run_id", "_node_id", "_task_id"):
+        monkeypatch.setattr(TaskIdentity, name, 1)
+    frozen = ArrayRecord({FROZEN_KEY: torch.zeros(1, 4)})
+    ref = {"prompts": torch.zeros(2, 4)}
+    kwargs = dict(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=1, min_available_nodes=1)
+    adam = make_strategy(FederationConfig(server_optimizer="fedadam", server_lr=0.05), frozen, ref, 0, **kwargs)
+    assert isinstance(adam, FedAdam) and isinstance(adam, MopsStrategy) and adam.eta == 0.05
+    avgm = make_strategy(FederationConfig(server_optimizer="fedavgm", server_momentum=0.5), frozen, ref, 0, **kwargs)
+    assert isinstance(avgm, FedAvgM) and type(make_strategy(FederationConfig(), frozen, ref, 0, **kwargs)) is MopsFedAvg
+
+    def round_(n: int, global_value: float) -> float:
+        arrays = ArrayRecord({"prompts": torch.full((2, 4), global_value)})
+        sent = list(avgm.configure_train(n, arrays, ConfigRecord({}), _Nodes()))
+        replies = [Message(RecordDict({"arrays": ArrayRecord({"prompts": torch.ones(2, 4)}),
+                                       "metrics": MetricRecord({"loss": 1.0, "num-examples": 2})}), reply_to=m)
+                   for m in sent]
+        return float(avgm.aggregate_train(n, replies)[0].to_torch_state_dict()["prompts"][0, 0])
+
+    assert round_(1, 0.0) == pytest.approx(1.0)  # step 1, momentum buffer -1
+    assert round_(2, 1.0) == pytest.approx(1.5)  # no new step, half the last one again
+    with pytest.raises(ConfigError, match="server_optimizer"):
+        FederationConfig(server_optimizer="fedsgd")
+    with pytest.raises(ConfigError, match="server_momentum"):
+        FederationConfig(server_momentum=1.0)
+    mop = make_mop(routing="merge", num_experts=7, prompts_per_expert=2)
+    assert set(trainable_state(mop, trains_gate=False)) == {"expert_prompts"}
+
+
 def test_resuming_with_other_settings_is_refused(tmp_path: Path) -> None:
     def run(**federation) -> FederatedRun:
         return FederatedRun(output=str(tmp_path), method="mops", federation=FederationConfig(**federation))
@@ -300,26 +332,29 @@ def test_paired_seeds_and_their_summary(tmp_path: Path, tiny_model_dir: Path) ->
                   "2", "--rounds", "1", "--seeds", "0,1", "--total", "70", "--max-length", "48", "--prompts-per-expert",
                   "1", "--injection-layer", "2", "--recovery-steps", "2", "--gate-pretrain-steps", "10",
                   "--gate-pretrain-examples", "14", "--eval-limit-per-task", "2", "--local-steps", "2", "-b", "2",
+                  "--method", "fedprompt,mops_frozen_gate", "--server-optimizer", "fedavgm", "--server-momentum", "0.5",
                   "--json")
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads((run / "summary.json").read_text())
+    frozen_gate = json.loads((run / "seed-0" / "mops_frozen_gate" / "rounds" / "round-1" / "round.json").read_text())
+    assert set(frozen_gate["bytes_received_by_payload"]) == {"experts"}  # the pretrained gate stays on the server
     assert summary["data"] == "dolly" and summary["compress"] is None and summary["seeds"] == [0, 1]
     per_seed = []
     for seed in (0, 1):
         result = json.loads((run / f"seed-{seed}" / "results.json").read_text())
-        fp, mp = (result[m]["final"]["ppl"]["overall"]["ppl"] for m in ("fedprompt", "mops"))
+        fp, mp = (result[m]["final"]["ppl"]["overall"]["ppl"] for m in ("fedprompt", "mops_frozen_gate"))
         per_seed.append(100 * (fp - mp) / fp)
     assert summary["per_seed"] == pytest.approx(per_seed)
     assert summary["gain_mean"] == pytest.approx(sum(per_seed) / 2)
     assert summary["gain_std"] == pytest.approx(abs(per_seed[0] - per_seed[1]) / math.sqrt(2))
-    assert 0 < summary["bytes_per_round"]["fedprompt"] < summary["bytes_per_round"]["mops"]
+    assert 0 < summary["bytes_per_round"]["fedprompt"] < summary["bytes_per_round"]["mops_frozen_gate"]
     assert json.loads(out.stdout)["summary"]["gain_mean"] == pytest.approx(summary["gain_mean"])
     assert "Overall gain" in (run / "summary.md").read_text() and "Per client" in (run / "summary.md").read_text()
     # per client: its training mix (2 clients x 7 tasks), PPL on that mix, gate mass heatmap
     result = json.loads((run / "seed-0" / "results.json").read_text())
     assert len(result["clients"]) == 2 and all(len(row) == 7 for row in result["clients"])
     assert sum(map(sum, result["clients"])) > 0
-    assert all(s["examples"] > 0 for s in result["mops"]["final"]["ppl"]["per_task"].values())
+    assert all(s["examples"] > 0 for s in result["mops_frozen_gate"]["final"]["ppl"]["per_task"].values())
     assert "Per client" in (run / "seed-0" / "results.md").read_text() and (run / "seed-0" / "gate_clients.png").is_file()
     assert len(summary["clients"]["gain_per_seed"]) == 2 and len(summary["clients"]["spread_per_seed"]) == 2
 

@@ -31,7 +31,7 @@ SECTIONS = (Section("model", ModelConfig), Section("data", DataConfig, defaults=
 @config_command(*SECTIONS)
 def federate_command(
     settings: dict,
-    method: str = typer.Option("both", "--method", help=f"{', '.join(FEDERATED)} or both (fedprompt first, same P^1)."),
+    method: str = typer.Option("both", "--method", help=f"Comma-separated, of {', '.join(FEDERATED)}; or both (= fedprompt,mops). Each from the same P^1."),
     engine: str = typer.Option("simulation", "--engine", help="simulation (Flower + Ray, one machine) or deployment (SuperLink + one SuperNode process per client)."),
     output: Path = typer.Option(Path("runs/federated"), "--output", "-o", help="Run folder; re-running resumes after the last finished round."),
     seeds: str = typer.Option("0", "--seeds", help="Comma-separated seeds of the split, partitions, sampling and training; several: one paired run per seed in <output>/seed-N and summary.{json,md} (gain mean +- std)."),
@@ -51,7 +51,7 @@ def federate_command(
 
     if engine not in ENGINES:
         raise ConfigError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
-    methods = ["fedprompt", "mops"] if method == "both" else [method]
+    methods = ["fedprompt", "mops"] if method == "both" else [m.strip() for m in method.split(",") if m.strip()]
     seed_list = parse_seeds(seeds)
 
     def folder(seed: int) -> Path:

@@ -63,7 +63,7 @@ def local_train(cfg: FederatedRun, pid: int, server_round: int, trainable: dict[
     t0 = time.perf_counter()
     losses = train_steps(model, f"client-{pid}", groups, data, tcfg.steps, tcfg, rt, pad_id,
                          logits_fn=mop_logits_fn(model, cache))
-    state = trainable_state(model)
+    state = trainable_state(model, METHODS[cfg.method].trains_gate)
     model.unload()
     return state, {"num-examples": len(data), "loss": mean_loss(losses), "seconds": time.perf_counter() - t0}
 

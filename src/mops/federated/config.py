@@ -27,6 +27,7 @@ from mops.tuners.registry import FEDERATED, METHODS
 PARTITIONS = ("skew", "iid", "dirichlet")
 FAULTS = ("raise", "hang", "nan", "shape")
 TRANSPORT_DTYPES = ("float32", "float16")  # numpy (Flower's arrays) has no bfloat16
+SERVER_OPTIMIZERS = ("fedavg", "fedavgm", "fedadam", "fedyogi")  # Flower's strategies of these names
 # TrainConfig fields a federated run does not read: its steps are `local_steps` per round, it evaluates and
 # checkpoints once per round, and its methods attach no peft adapter.
 NOT_FEDERATED = frozenset({"steps", "eval_every", "eval_at", "checkpoint_every", "lora_lr", "ia3_lr", "lora_r",
@@ -66,6 +67,13 @@ class FederationConfig:
     transport_dtype: str = field(default="float32", metadata={
         "help": "Dtype of the trained arrays in messages: float32, or float16 (half the bytes; clients train and "
                 "the server averages in float32)."})
+    server_optimizer: str = field(default="fedavg", metadata={
+        "help": "How the server applies the averaged update: fedavg, fedavgm (momentum), fedadam or fedyogi "
+                "(Flower's strategies)."})
+    server_lr: float | None = field(default=None, metadata={
+        "help": "Server learning rate of fedavgm / fedadam / fedyogi (unset: Flower's default, 1.0 for fedavgm, "
+                "0.1 for fedadam / fedyogi)."})
+    server_momentum: float = field(default=0.0, metadata={"help": "fedavgm: server momentum, in [0, 1)."})
     round_timeout: float = field(default=600.0, metadata={"help": "Seconds to wait for clients each round."})
     inject_faults: str = field(default="", metadata={
         "help": "Fault tests: PARTITION:KIND,... with KIND raise, hang, nan or shape."})
@@ -80,6 +88,12 @@ class FederationConfig:
             raise ConfigError(f"clients_per_round ({self.clients_per_round}) > num_clients ({self.num_clients})")
         if self.transport_dtype not in TRANSPORT_DTYPES:
             raise ConfigError(f"transport_dtype must be one of {', '.join(TRANSPORT_DTYPES)}, got {self.transport_dtype!r}")
+        if self.server_optimizer not in SERVER_OPTIMIZERS:
+            raise ConfigError(f"server_optimizer must be one of {', '.join(SERVER_OPTIMIZERS)}, got {self.server_optimizer!r}")
+        if self.server_lr is not None and self.server_lr <= 0:
+            raise ConfigError(f"server_lr must be > 0, got {self.server_lr}")
+        if not 0 <= self.server_momentum < 1:
+            raise ConfigError(f"server_momentum must be in [0, 1), got {self.server_momentum}")
         if self.skew_factor < 1:
             raise ConfigError(f"skew_factor must be >= 1, got {self.skew_factor}")
         if self.dirichlet_alpha <= 0:

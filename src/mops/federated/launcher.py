@@ -63,7 +63,7 @@ def write_app(folder: Path, cfg: FederatedRun) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     lines = [
         '[build-system]', 'requires = ["hatchling"]', 'build-backend = "hatchling.build"', '',
-        '[project]', f'name = "mops-{cfg.method}"', 'version = "1.0.0"', 'description = "mops federated run"',
+        '[project]', f'name = "mops-{cfg.method.replace("_", "-")}"', 'version = "1.0.0"', 'description = "mops federated run"',
         'license = "MIT"', 'dependencies = []', '',
         '[tool.hatch.build.targets.wheel]', 'packages = ["."]', '',
         '[tool.flwr.app]', 'publisher = "mops"', '',

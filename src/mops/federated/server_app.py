@@ -16,17 +16,18 @@ from typing import Iterable
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedYogi
 from safetensors.torch import load_file, save_file
 
 from mops.evaluation.results import MethodResult
-from mops.federated.config import FederatedRun
+from mops.federated.config import FederatedRun, FederationConfig
 from mops.federated.partition import histogram
 from mops.federated.task import (FROZEN_KEY, digest, from_wire, load_state, mean_loss, payload_bytes, problems_with,
                                  shared_setup, to_wire, trainable_state)
 from mops.training.loop import Runtime
 from mops.training.pipeline import Pipeline
 from mops.tuners.mops.model import MoPModel
+from mops.tuners.registry import METHODS
 
 app = ServerApp()
 
@@ -36,9 +37,10 @@ def _add(total: dict[str, int], part: dict[str, int]) -> None:
         total[key] = total.get(key, 0) + value
 
 
-class MopsFedAvg(FedAvg):
-    """FedAvg that sends the frozen P^1 to each client once, validates every update, and counts bytes (per
-    payload) and failures.
+class MopsStrategy:
+    """Mixed into a Flower strategy (FedAvg, FedAvgM, FedAdam, FedYogi: `SERVER_OPTIMIZERS`): sends the frozen P^1
+    to each client once, validates every update, and counts bytes (per payload) and failures; the strategy
+    itself aggregates the accepted updates.
 
     P^1 travels with a client's first message only: every message names its digest, and the client keeps it
     (Flower's per-node `Context.state`). A client that fails or does not answer may have restarted without it,
@@ -100,6 +102,28 @@ class MopsFedAvg(FedAvg):
         return super().aggregate_train(server_round, accepted)
 
 
+SERVER_OPTIMIZERS = {"fedavg": FedAvg, "fedavgm": FedAvgM, "fedadam": FedAdam, "fedyogi": FedYogi}
+
+
+class MopsFedAvg(MopsStrategy, FedAvg):
+    """The default: Flower's FedAvg (weighted by client example counts) with `MopsStrategy`."""
+
+
+def make_strategy(fed: FederationConfig, frozen: ArrayRecord, reference: dict, round_offset: int,
+                  **kwargs) -> MopsStrategy:
+    """The run's strategy: `fed.server_optimizer` with its server learning rate / momentum (Flower's defaults
+    where `server_lr` is unset), mixed with `MopsStrategy`."""
+    base = SERVER_OPTIMIZERS[fed.server_optimizer]
+    options: dict = {}
+    if fed.server_optimizer == "fedavgm":
+        options = {"server_momentum": fed.server_momentum,
+                   **({"server_learning_rate": fed.server_lr} if fed.server_lr is not None else {})}
+    elif fed.server_optimizer in ("fedadam", "fedyogi") and fed.server_lr is not None:
+        options = {"eta": fed.server_lr}
+    cls = MopsFedAvg if base is FedAvg else type(f"Mops{base.__name__}", (MopsStrategy, base), {})
+    return cls(frozen, reference, round_offset, fed.transport_dtype, **options, **kwargs)
+
+
 def wait_for_clients(grid: Grid, wanted: int, timeout: float) -> int:
     """Wait (at most `timeout` s) until `wanted` clients are connected; returns how many are."""
     deadline = time.monotonic() + timeout
@@ -132,14 +156,14 @@ def main(grid: Grid, context: Context) -> None:
     offset = _last_round(rounds_dir)
     if offset:
         model.load_adapter_state(load_file(str(rounds_dir / f"round-{offset}" / "adapter.safetensors")))
-    reference = trainable_state(model)
+    reference = trainable_state(model, METHODS[cfg.method].trains_gate)
     frozen = ArrayRecord({FROZEN_KEY: model.adapter_state()[FROZEN_KEY]})
     random.seed(cfg.seed * 7919 + offset)  # Flower samples clients with `random`
     rt.logger.log({"stage": "federation", "step": offset,
                    "clients_connected": wait_for_clients(grid, fed.num_clients, fed.round_timeout)})
     # Sample round(k / n) of the clients connected now: k while all are there, fewer after disconnects
     # (requiring k or n connected clients would wait forever once one has gone).
-    strategy = MopsFedAvg(frozen, reference, offset, fed.transport_dtype, fraction_train=min(1.0, (fed.clients_per_round + 0.5) / fed.num_clients),
+    strategy = make_strategy(fed, frozen, reference, offset, fraction_train=min(1.0, (fed.clients_per_round + 0.5) / fed.num_clients),
                           fraction_evaluate=0.0, min_train_nodes=1, min_available_nodes=1)
 
     def after_round(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:

@@ -62,16 +62,17 @@ def shared_setup(cfg: FederatedRun) -> SharedSetup:
     return _shared(_setup_key(cfg))
 
 
-def trainable_state(model: MoPModel) -> dict[str, torch.Tensor]:
+def trainable_state(model: MoPModel, trains_gate: bool = True) -> dict[str, torch.Tensor]:
     """What clients train and the server averages (a round's message): MoPs: the expert prompts (E*p, d) and
-    the gate; prompt tuning (no gate): with merge routing, the p prompts it trains (the experts' mean, (p, d):
-    all the model uses of them without a gate), with attention routing all E*p slots."""
+    the gate (not when the method keeps it as pretrained: `trains_gate`); prompt tuning (no gate): with merge
+    routing, the p prompts it trains (the experts' mean, (p, d): all the model uses of them without a gate),
+    with attention routing all E*p slots."""
     cfg = model.config
     state = model.adapter_state()
     state.pop(FROZEN_KEY)
-    if not cfg.use_gate:
+    if not cfg.use_gate or not trains_gate:
         state = {k: v for k, v in state.items() if not k.startswith("gate.")}
-        if cfg.routing == "merge":
+        if cfg.routing == "merge" and not cfg.use_gate:
             experts = state.pop("expert_prompts")
             state[PROMPTS_KEY] = experts.view(cfg.num_experts, cfg.prompts_per_expert, -1).mean(0)
     elif not cfg.learn_gate_strength:

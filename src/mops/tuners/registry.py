@@ -106,6 +106,9 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            peft="lora", on_frozen="lora", compared_to=("lora",)),
     Method("fedprompt", "federated prompt tuning (no gate): the federated baseline", "baseline_lr", "lr",
            centralised=False, federated=True),
+    Method("mops_frozen_gate", "federated MoPs whose gate stays as pretrained on the server: only the experts "
+           "travel", "lr", uses_gate=True, trains_gate=False, compared_to=("fedprompt",), centralised=False,
+           federated=True),
     # controls: where MoPs' gain comes from (each paired with the baseline of the same run)
     Method("oracle", "control: MoPs' experts routed by the task label (expert = task, one-hot; no gate): the "
            "routing ceiling", "lr", uses_gate=True, trains_gate=False, routes_by_task=True, compared_to=("baseline",)),
