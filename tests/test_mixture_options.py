@@ -216,6 +216,29 @@ def test_experiment_record_of_a_baseline_only_run_replaces_by_name(tmp_path):
     assert "10.00 +- 0.00" in (tmp_path / "log" / "index.md").read_text()
 
 
+def test_experiment_record_and_summary_keep_every_control_against_the_baseline(tmp_path):
+    from mops.reports.run_report import seed_summary, summary_markdown
+
+    def run(b: float, oracle: float, random_gate: float) -> RunResult:
+        def ev(v: float) -> Evaluation:
+            return Evaluation(5, {"overall": {"ppl": v}, "per_task": {"t": {"ppl": v}}})
+        return RunResult(tasks=["t"], input_prompts_only=ev(20.0),
+                         methods={"baseline": MethodResult(final=ev(b)), "oracle": MethodResult(final=ev(oracle)),
+                                  "random_gate": MethodResult(final=ev(random_gate))})
+
+    per_seed = {0: run(10.0, 9.0, 10.5), 1: run(20.0, 19.0, 20.0)}
+    rec = experiment_record("controls", "controls", {}, per_seed, tmp_path / "runs" / "c")
+    assert rec["ppl"]["oracle"]["overall"] == [9.0, 19.0] and "gain_percent" not in rec
+    assert rec["other_gains"]["oracle vs baseline"]["overall"] == pytest.approx([10.0, 5.0])
+    assert rec["other_gains"]["random_gate vs baseline"]["overall"] == pytest.approx([-5.0, 0.0])
+    append_record(tmp_path / "log", rec)
+    assert "oracle vs baseline 7.50 +- 3.54" in (tmp_path / "log" / "index.md").read_text()
+    summary = seed_summary(per_seed, ["baseline", "oracle", "random_gate"])
+    assert summary["method"] == "oracle" and set(summary["others"]) == {"random_gate vs baseline"}
+    assert summary["others"]["random_gate vs baseline"]["gain_percent"]["overall"]["mean"] == pytest.approx(-2.5)
+    assert "Paired baseline vs random_gate" in summary_markdown(summary)
+
+
 def test_merge_routing_starts_at_the_frozen_model_and_routes_by_weight():
     mop = make_mop(routing="merge", num_experts=3, prompts_per_expert=4)
     assert mop.config.num_slots == 4 and tuple(mop.expert_prompts.shape) == (12, mop.lm.config.hidden_size)

@@ -133,9 +133,13 @@ def write_run_report(run_dir: Path, result: RunResult, methods: Sequence[str]) -
 
 
 def seed_summary(per_seed: dict[int, RunResult], methods: Sequence[str]) -> dict:
-    """The paired summary of the run's first (reference, method) pair; {} when no pair ran."""
+    """The paired summary of the run's first (reference, method) pair, and under ``"others"`` those of its
+    further pairs (e.g. the controls against the baseline), by "<method> vs <reference>"; {} when no pair ran."""
     compared = pairs(methods)
-    return paired_summary(per_seed, *compared[0]) if compared else {}
+    if not compared:
+        return {}
+    others = {f"{m} vs {ref}": paired_summary(per_seed, ref, m) for ref, m in compared[1:]}
+    return paired_summary(per_seed, *compared[0]) | ({"others": others} if others else {})
 
 
 def summary_markdown(summary: dict) -> str:
@@ -148,7 +152,8 @@ def summary_markdown(summary: dict) -> str:
         rows.append([task, f"{b['mean']:.2f} +- {b['std']:.2f}", f"{m['mean']:.2f} +- {m['std']:.2f}",
                      f"{gain['mean']:+.2f} +- {gain['std']:.2f}", " ".join(f"{g:+.1f}" for g in gain["per_seed"])])
     head = f"Paired {ref} vs {method} over seeds {summary['seeds']}; gain = ({ref} - {method}) / {ref}.\n\n"
-    return head + markdown_table(headers, rows)
+    return head + markdown_table(headers, rows) + "".join("\n" + summary_markdown(other)
+                                                          for other in summary.get("others", {}).values())
 
 
 def bytes_per_round(results: Sequence[RunResult], method: str) -> float:
