@@ -20,13 +20,13 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from mops.data import load_splits
 from mops.errors import ConfigError
-from mops.federated.config import FederatedRun, FederationConfig, parse_faults
+from mops.federated.config import SERVER_OPTIMIZERS, FederatedRun, FederationConfig, parse_faults
 from mops.models.config import ModelConfig
 from mops.training.config import TrainConfig
 from mops.federated.launcher import check_resumable, client_gpu_share, processes_with_env, run_federated
 from mops.federated.partition import histogram, partition_examples, skew_sizes
 from mops.federated.client_app import held_input_prompts
-from mops.federated.server_app import MopsFedAvg, MopsStrategy, make_strategy
+from mops.federated.server_app import STRATEGIES, MopsFedAvg, MopsStrategy, make_strategy
 from mops.federated.task import FROZEN_KEY, load_state, payload_bytes, problems_with, to_wire, trainable_state
 from mops.models import load_base_model
 from mops.tuners.mops.model import MoPModel
@@ -248,7 +248,12 @@ def test_server_optimizers_apply_the_averaged_update(monkeypatch) -> None:
     with pytest.raises(ConfigError, match="server_optimizer"):
         FederationConfig(server_optimizer="fedsgd")
     with pytest.raises(ConfigError, match="server_momentum"):
-        FederationConfig(server_momentum=1.0)
+        FederationConfig(server_optimizer="fedavgm", server_momentum=1.0)
+    with pytest.raises(ConfigError, match="server_momentum is a setting of fedavgm, not of fedadam"):
+        FederationConfig(server_optimizer="fedadam", server_momentum=0.9)
+    with pytest.raises(ConfigError, match="server_lr is a setting of"):
+        FederationConfig(server_lr=0.5)
+    assert set(STRATEGIES) == set(SERVER_OPTIMIZERS)  # every allowed name has its Flower strategy
     mop = make_mop(routing="merge", num_experts=7, prompts_per_expert=2)
     assert set(trainable_state(mop, trains_gate=False)) == {"expert_prompts"}
 

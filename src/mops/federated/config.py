@@ -94,6 +94,10 @@ class FederationConfig:
             raise ConfigError(f"server_lr must be > 0, got {self.server_lr}")
         if not 0 <= self.server_momentum < 1:
             raise ConfigError(f"server_momentum must be in [0, 1), got {self.server_momentum}")
+        if self.server_momentum and self.server_optimizer != "fedavgm":
+            raise ConfigError(f"server_momentum is a setting of fedavgm, not of {self.server_optimizer}")
+        if self.server_lr is not None and self.server_optimizer == "fedavg":
+            raise ConfigError("server_lr is a setting of fedavgm, fedadam and fedyogi (fedavg applies the average)")
         if self.skew_factor < 1:
             raise ConfigError(f"skew_factor must be >= 1, got {self.skew_factor}")
         if self.dirichlet_alpha <= 0:

@@ -1,9 +1,10 @@
 """Flower ServerApp: server-side setup (P^1, gate pretraining), then FedAvg rounds of experts (+ gate).
 
-Per round the server samples `clients_per_round` clients, sends them the global arrays (and P^1 to a client that does not hold it yet), rejects replies that
-errored or carry NaN/Inf or wrongly shaped arrays, averages the rest weighted by their example counts
-(Flower's FedAvg), then scores the global adapter on the test split (per-task PPL, gate matrix), logs bytes
-sent/received per payload and the round time, and checkpoints. A restarted run continues after the last finished round.
+Per round the server samples `clients_per_round` clients, sends them the global arrays (and P^1 to a client
+that does not hold it yet), rejects replies that errored or carry NaN/Inf or wrongly shaped arrays, averages
+the rest weighted by their example counts (Flower's FedAvg, or the server optimiser chosen), then scores the
+global adapter on the test split (per-task PPL, gate matrix), logs bytes sent/received per payload and the
+round time, and checkpoints. A restarted run continues after the last finished round.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def _add(total: dict[str, int], part: dict[str, int]) -> None:
 
 
 class MopsStrategy:
-    """Mixed into a Flower strategy (FedAvg, FedAvgM, FedAdam, FedYogi: `SERVER_OPTIMIZERS`): sends the frozen P^1
+    """Mixed into a Flower strategy (FedAvg, FedAvgM, FedAdam, FedYogi: `STRATEGIES`): sends the frozen P^1
     to each client once, validates every update, and counts bytes (per payload) and failures; the strategy
     itself aggregates the accepted updates.
 
@@ -102,7 +103,7 @@ class MopsStrategy:
         return super().aggregate_train(server_round, accepted)
 
 
-SERVER_OPTIMIZERS = {"fedavg": FedAvg, "fedavgm": FedAvgM, "fedadam": FedAdam, "fedyogi": FedYogi}
+STRATEGIES = {"fedavg": FedAvg, "fedavgm": FedAvgM, "fedadam": FedAdam, "fedyogi": FedYogi}  # by SERVER_OPTIMIZERS
 
 
 class MopsFedAvg(MopsStrategy, FedAvg):
@@ -113,7 +114,7 @@ def make_strategy(fed: FederationConfig, frozen: ArrayRecord, reference: dict, r
                   **kwargs) -> MopsStrategy:
     """The run's strategy: `fed.server_optimizer` with its server learning rate / momentum (Flower's defaults
     where `server_lr` is unset), mixed with `MopsStrategy`."""
-    base = SERVER_OPTIMIZERS[fed.server_optimizer]
+    base = STRATEGIES[fed.server_optimizer]
     options: dict = {}
     if fed.server_optimizer == "fedavgm":
         options = {"server_momentum": fed.server_momentum,
