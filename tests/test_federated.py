@@ -258,6 +258,31 @@ def test_server_optimizers_apply_the_averaged_update(monkeypatch) -> None:
     assert set(trainable_state(mop, trains_gate=False)) == {"expert_prompts"}
 
 
+def test_expertwise_aggregation_weights_each_expert_by_the_gate_mass_sent_to_it(monkeypatch) -> None:
+    for name in ("_run_id", "_node_id", "_task_id"):
+        monkeypatch.setattr(TaskIdentity, name, 1)
+    ref = {"expert_prompts": torch.zeros(6, 4), "gate.w": torch.zeros(3)}  # 3 experts x 2 prompts
+    fed = FederationConfig(aggregation="expertwise")
+    strategy = make_strategy(fed, ArrayRecord({FROZEN_KEY: torch.zeros(2, 4)}), ref, 0, fraction_train=1.0,
+                             fraction_evaluate=0.0, min_train_nodes=1, min_available_nodes=1)
+    sent = {m.metadata.dst_node_id: m for m in strategy.configure_train(1, ArrayRecord(ref), ConfigRecord({}), _Nodes())}
+    # client 11: 30 examples, experts all 1, gate mass (1, 0, 0); client 12: 10 examples, all 5, mass (0.5, 0, 0.5)
+    replies = [Message(RecordDict({"arrays": ArrayRecord({"expert_prompts": torch.full((6, 4), v), "gate.w": torch.full((3,), v)}),
+                                   "metrics": MetricRecord({"loss": 1.0, "num-examples": n, "gate-mass-0": m[0],
+                                                            "gate-mass-1": m[1], "gate-mass-2": m[2]})}),
+                       reply_to=sent[node])
+               for node, v, n, m in ((11, 1.0, 30, (1.0, 0.0, 0.0)), (12, 5.0, 10, (0.5, 0.0, 0.5)))]
+    arrays, _ = strategy.aggregate_train(1, replies)
+    out = arrays.to_torch_state_dict()
+    experts = out["expert_prompts"].view(3, 2, 4)
+    assert experts[0].unique().item() == pytest.approx((30 * 1 + 5 * 5) / 35)  # both, by n x mass
+    assert experts[1].unique().item() == pytest.approx((30 * 1 + 10 * 5) / 40)  # nobody routed: by n
+    assert experts[2].unique().item() == pytest.approx(5.0)  # client 12 alone
+    torch.testing.assert_close(out["gate.w"], torch.full((3,), 2.0))  # the gate: FedAvg by n
+    with pytest.raises(ConfigError, match="expertwise"):
+        FederationConfig(aggregation="expertwise", server_optimizer="fedadam")
+
+
 def test_resuming_with_other_settings_is_refused(tmp_path: Path) -> None:
     def run(**federation) -> FederatedRun:
         return FederatedRun(output=str(tmp_path), method="mops", federation=FederationConfig(**federation))
@@ -384,7 +409,8 @@ def test_faulty_clients_are_dropped_and_the_round_completes(tmp_path: Path, tiny
 
 def test_deployment_superlink_and_two_supernodes(tmp_path: Path, tiny_model_dir: Path) -> None:
     """Separate processes: a SuperLink and one SuperNode per client, driven by `flwr run`; all stopped after."""
-    cfg = tiny_run(tmp_path / "fed", tiny_model_dir, num_clients=2, clients_per_round=2, rounds=2)
+    cfg = tiny_run(tmp_path / "fed", tiny_model_dir, num_clients=2, clients_per_round=2, rounds=2,
+                   aggregation="expertwise")  # clients report their gate mass per expert; the server weights by it
     folder = run_federated(cfg, "deployment", timeout=400)
     logs = {p.name for p in (tmp_path / "fed" / "flower" / "mops").glob("*.log")}
     assert logs == {"flwr-run.log", "superlink.log", "supernode-0.log", "supernode-1.log"}
@@ -393,6 +419,7 @@ def test_deployment_superlink_and_two_supernodes(tmp_path: Path, tiny_model_dir:
     assert [r["step"] for r in rounds] == [1, 2] and all(r["clients_accepted"] == 2 for r in rounds)
     # each SuperNode keeps P^1 from round 1 (its Context.state): round 2 sends none
     assert [r["clients_sent_input_prompts"] for r in rounds] == [2, 0]
+    assert all(r["expertwise"] for r in rounds)  # the clients' gate mass reached the server
     assert rounds[-1]["eval"]["ppl"]["overall"]["ppl"] > 1
     assert not flower_processes(cfg.output)
 

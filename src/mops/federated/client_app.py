@@ -61,11 +61,23 @@ def local_train(cfg: FederatedRun, pid: int, server_round: int, trainable: dict[
     pad_id = setup.base.tokenizer.pad_token_id
     cache = open_prefix_cache(model, data, pad_id, tcfg.cache_dtype)
     t0 = time.perf_counter()
-    losses = train_steps(model, f"client-{pid}", groups, data, tcfg.steps, tcfg, rt, pad_id,
-                         logits_fn=mop_logits_fn(model, cache))
+    inner = mop_logits_fn(model, cache)
+    mass = torch.zeros(model.config.num_experts, dtype=torch.float64)
+
+    def logits_fn(batch: dict, positions: torch.Tensor) -> torch.Tensor:
+        """The model's logits; sums the gate weights of the examples trained on (expert-wise aggregation)."""
+        logits = inner(batch, positions)
+        if model.last_gate_weights is not None:
+            mass.add_(model.last_gate_weights.detach().double().sum(0).cpu())
+        return logits
+
+    losses = train_steps(model, f"client-{pid}", groups, data, tcfg.steps, tcfg, rt, pad_id, logits_fn=logits_fn)
     state = trainable_state(model, METHODS[cfg.method].trains_gate)
     model.unload()
-    return state, {"num-examples": len(data), "loss": mean_loss(losses), "seconds": time.perf_counter() - t0}
+    metrics = {"num-examples": len(data), "loss": mean_loss(losses), "seconds": time.perf_counter() - t0}
+    if mass.sum() > 0:  # the share of its trained examples' gate weight each expert got: (E,), sums to 1
+        metrics |= {f"gate-mass-{e}": float(m) for e, m in enumerate(mass / mass.sum())}
+    return state, metrics
 
 
 def held_input_prompts(msg: Message, context: Context) -> torch.Tensor:

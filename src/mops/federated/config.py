@@ -28,6 +28,7 @@ PARTITIONS = ("skew", "iid", "dirichlet")
 FAULTS = ("raise", "hang", "nan", "shape")
 TRANSPORT_DTYPES = ("float32", "float16")  # numpy (Flower's arrays) has no bfloat16
 SERVER_OPTIMIZERS = ("fedavg", "fedavgm", "fedadam", "fedyogi")  # Flower's strategies of these names
+AGGREGATIONS = ("fedavg", "expertwise")
 # TrainConfig fields a federated run does not read: its steps are `local_steps` per round, it evaluates and
 # checkpoints once per round, and its methods attach no peft adapter.
 NOT_FEDERATED = frozenset({"steps", "eval_every", "eval_at", "checkpoint_every", "lora_lr", "ia3_lr", "lora_r",
@@ -67,6 +68,9 @@ class FederationConfig:
     transport_dtype: str = field(default="float32", metadata={
         "help": "Dtype of the trained arrays in messages: float32, or float16 (half the bytes; clients train and "
                 "the server averages in float32)."})
+    aggregation: str = field(default="fedavg", metadata={
+        "help": "How expert prompts are averaged: fedavg (by client example counts) or expertwise (client i's "
+                "update to expert e weighted by its examples x the share of its gate weight that went to e)."})
     server_optimizer: str = field(default="fedavg", metadata={
         "help": "How the server applies the averaged update: fedavg, fedavgm (momentum), fedadam or fedyogi "
                 "(Flower's strategies)."})
@@ -88,6 +92,10 @@ class FederationConfig:
             raise ConfigError(f"clients_per_round ({self.clients_per_round}) > num_clients ({self.num_clients})")
         if self.transport_dtype not in TRANSPORT_DTYPES:
             raise ConfigError(f"transport_dtype must be one of {', '.join(TRANSPORT_DTYPES)}, got {self.transport_dtype!r}")
+        if self.aggregation not in AGGREGATIONS:
+            raise ConfigError(f"aggregation must be one of {', '.join(AGGREGATIONS)}, got {self.aggregation!r}")
+        if self.aggregation == "expertwise" and self.server_optimizer != "fedavg":
+            raise ConfigError("aggregation expertwise averages the experts itself: use it with server_optimizer fedavg")
         if self.server_optimizer not in SERVER_OPTIMIZERS:
             raise ConfigError(f"server_optimizer must be one of {', '.join(SERVER_OPTIMIZERS)}, got {self.server_optimizer!r}")
         if self.server_lr is not None and self.server_lr <= 0:

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Iterable
 
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedYogi
@@ -48,9 +49,10 @@ class MopsStrategy:
     so it gets P^1 again the next time it is sampled (one that lacks it raises, which counts as failed)."""
 
     def __init__(self, frozen: ArrayRecord, reference: dict, round_offset: int, transport: str = "float32",
-                 **kwargs) -> None:
+                 expertwise: bool = False, **kwargs) -> None:
         super().__init__(**kwargs)
         self.frozen, self.reference, self.round_offset, self.transport = frozen, reference, round_offset, transport
+        self.expertwise = expertwise
         self.frozen_digest = digest(frozen.to_torch_state_dict()[FROZEN_KEY])
         self.holders: set[int] = set()  # nodes that were sent P^1 and have not failed since
         self.stats: dict = {}
@@ -100,7 +102,33 @@ class MopsStrategy:
         self.stats["missing"] = self.stats["sampled"] - len(accepted) - len(self.stats["rejected"]) - self.stats["failed"]
         if not accepted:
             return None, None
-        return super().aggregate_train(server_round, accepted)
+        arrays, metrics = super().aggregate_train(server_round, accepted)
+        if self.expertwise and arrays is not None and "expert_prompts" in arrays:
+            experts = expertwise_average(accepted)
+            self.stats["expertwise"] = experts is not None
+            if experts is not None:
+                arrays = ArrayRecord(arrays.to_torch_state_dict() | {"expert_prompts": experts})
+        return arrays, metrics
+
+
+def expertwise_average(replies: list[Message]) -> torch.Tensor | None:
+    """Expert e of the new global experts = sum_i n_i m_ie x_ie / sum_i n_i m_ie over the accepted replies i
+    (n_i: examples, m_ie: the share of its gate weight expert e got, x_ie: its expert e, (p, d)); an expert no
+    client routed to gets the plain example-weighted average. None when the replies carry no gate mass.
+    Written here because Flower's aggregators weight whole arrays, not slices of one."""
+    metrics = [msg.content["metrics"] for msg in replies]
+    experts = len([k for k in metrics[0] if k.startswith("gate-mass-")])
+    if not experts:
+        return None
+    n = torch.tensor([float(m["num-examples"]) for m in metrics], dtype=torch.float64)  # (C,)
+    mass = torch.tensor([[float(m[f"gate-mass-{e}"]) for e in range(experts)] for m in metrics],
+                        dtype=torch.float64)  # (C, E)
+    x = torch.stack([from_wire(msg.content["arrays"])["expert_prompts"] for msg in replies]).double()  # (C, E*p, d)
+    x = x.view(len(replies), experts, -1, x.shape[-1])  # (C, E, p, d)
+    w = n[:, None] * mass  # (C, E)
+    plain = n[:, None].expand_as(w) / n.sum()
+    w = torch.where(w.sum(0, keepdim=True) > 0, w / w.sum(0, keepdim=True).clamp_min(1e-300), plain)
+    return torch.einsum("ce,cepd->epd", w, x).reshape(-1, x.shape[-1]).float()
 
 
 STRATEGIES = {"fedavg": FedAvg, "fedavgm": FedAvgM, "fedadam": FedAdam, "fedyogi": FedYogi}  # by SERVER_OPTIMIZERS
@@ -122,7 +150,8 @@ def make_strategy(fed: FederationConfig, frozen: ArrayRecord, reference: dict, r
     elif fed.server_optimizer in ("fedadam", "fedyogi") and fed.server_lr is not None:
         options = {"eta": fed.server_lr}
     cls = MopsFedAvg if base is FedAvg else type(f"Mops{base.__name__}", (MopsStrategy, base), {})
-    return cls(frozen, reference, round_offset, fed.transport_dtype, **options, **kwargs)
+    return cls(frozen, reference, round_offset, fed.transport_dtype, fed.aggregation == "expertwise", **options,
+               **kwargs)
 
 
 def wait_for_clients(grid: Grid, wanted: int, timeout: float) -> int:
@@ -180,6 +209,7 @@ def main(grid: Grid, context: Context) -> None:
                   "bytes_sent_by_payload": stats["bytes_sent_by_payload"],
                   "bytes_received_by_payload": stats["bytes_received_by_payload"],
                   "clients_sent_input_prompts": stats["clients_sent_input_prompts"],
+                  "expertwise": stats.get("expertwise", False),
                   "clients_sampled": stats["sampled"], "clients_accepted": stats["accepted"],
                   "clients_failed": stats["failed"], "clients_missing": stats["missing"],
                   "clients_rejected": len(stats["rejected"]), "client_loss": mean_loss(stats["client_losses"]),
