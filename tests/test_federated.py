@@ -464,3 +464,23 @@ def test_sigterm_stops_every_flower_process(tmp_path: Path, tiny_model_dir: Path
     proc.terminate()
     assert proc.wait(60) != 0
     assert not flower_processes(str(run))
+
+
+def test_proximal_term_keeps_local_training_near_the_global_arrays(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from mops.federated.client_app import local_train
+    from mops.federated.task import shared_setup
+
+    moved = {}
+    for mu in (0.0, 1000.0):
+        cfg = tiny_run(tmp_path / "fed", tiny_model_dir, num_clients=2, clients_per_round=2, local_steps=8,
+                       proximal_mu=mu)
+        setup = shared_setup(cfg)
+        model = MoPModel(setup.base, cfg.mop_config(setup.splits.tasks))
+        start, frozen = trainable_state(model), model.adapter_state()[FROZEN_KEY]
+        model.unload()
+        state, metrics = local_train(cfg, 0, 1, start, frozen)
+        moved[mu] = math.sqrt(sum(float(((state[k] - start[k]) ** 2).sum()) for k in start))
+        assert math.isfinite(metrics["loss"]) and abs(sum(metrics[f"gate-mass-{e}"] for e in range(7)) - 1) < 1e-6
+    assert 0 < moved[1000.0] < 0.5 * moved[0.0]
+    with pytest.raises(ConfigError, match="proximal_mu"):
+        FederationConfig(proximal_mu=-1.0)

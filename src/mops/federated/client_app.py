@@ -71,7 +71,16 @@ def local_train(cfg: FederatedRun, pid: int, server_round: int, trainable: dict[
             mass.add_(model.last_gate_weights.detach().double().sum(0).cpu())
         return logits
 
-    losses = train_steps(model, f"client-{pid}", groups, data, tcfg.steps, tcfg, rt, pad_id, logits_fn=logits_fn)
+    params = [p for group in groups for p in group["params"]]
+    start = [p.detach().clone() for p in params]
+    mu = cfg.federation.proximal_mu
+
+    def proximal() -> torch.Tensor:
+        """FedProx: mu/2 ||w - w_global||^2 over the trained arrays."""
+        return mu / 2 * sum(((p - p0) ** 2).sum() for p, p0 in zip(params, start))
+
+    losses = train_steps(model, f"client-{pid}", groups, data, tcfg.steps, tcfg, rt, pad_id, logits_fn=logits_fn,
+                         regulariser=proximal if mu else None)
     state = trainable_state(model, METHODS[cfg.method].trains_gate)
     model.unload()
     metrics = {"num-examples": len(data), "loss": mean_loss(losses), "seconds": time.perf_counter() - t0}

@@ -71,6 +71,8 @@ class FederationConfig:
     aggregation: str = field(default="fedavg", metadata={
         "help": "How expert prompts are averaged: fedavg (by client example counts) or expertwise (client i's "
                 "update to expert e weighted by its examples x the share of its gate weight that went to e)."})
+    proximal_mu: float = field(default=0.0, metadata={
+        "help": "FedProx: clients add mu/2 ||w - w_global||^2 over the arrays they train (0: plain local training)."})
     server_optimizer: str = field(default="fedavg", metadata={
         "help": "How the server applies the averaged update: fedavg, fedavgm (momentum), fedadam or fedyogi "
                 "(Flower's strategies)."})
@@ -92,6 +94,8 @@ class FederationConfig:
             raise ConfigError(f"clients_per_round ({self.clients_per_round}) > num_clients ({self.num_clients})")
         if self.transport_dtype not in TRANSPORT_DTYPES:
             raise ConfigError(f"transport_dtype must be one of {', '.join(TRANSPORT_DTYPES)}, got {self.transport_dtype!r}")
+        if self.proximal_mu < 0:
+            raise ConfigError(f"proximal_mu must be >= 0, got {self.proximal_mu}")
         if self.aggregation not in AGGREGATIONS:
             raise ConfigError(f"aggregation must be one of {', '.join(AGGREGATIONS)}, got {self.aggregation!r}")
         if self.aggregation == "expertwise" and self.server_optimizer != "fedavg":

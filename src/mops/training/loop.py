@@ -88,6 +88,7 @@ def train_steps(
     on_eval: Callable[[int], dict] | None = None,
     logits_fn: LogitsFn | None = None,
     evals: list[dict] | None = None,
+    regulariser: Callable[[], torch.Tensor] | None = None,
 ) -> list[float]:
     """Run `steps` optimiser steps (resuming from the latest checkpoint in `checkpoint_dir`); returns losses.
 
@@ -95,7 +96,8 @@ def train_steps(
     are saved in each checkpoint and restored with it, so a resumed run keeps the evaluations made before.
 
     `logits_fn` computes the batch's logits (default: the full forward of `model`; see `mop_logits_fn` for
-    the prefix cache); the LM head runs only where the loss is.
+    the prefix cache); the LM head runs only where the loss is. `regulariser()` (a scalar) is added to every
+    step's loss (federated clients: FedProx's proximal term); the logged loss is the NLL alone.
     """
     logits_fn = logits_fn or mop_logits_fn(model)
     torch.use_deterministic_algorithms(cfg.deterministic)
@@ -131,6 +133,8 @@ def train_steps(
                 local += loss.detach()
                 if balance:
                     loss = loss + balance * balance_loss(model.last_gate_weights) * len(micro) / len(indices)
+                if regulariser is not None:
+                    loss = loss + regulariser() * len(micro) / len(indices)
                 loss.backward()
             if rt.world > 1:
                 local = rt.accelerator.reduce(local, "sum")
