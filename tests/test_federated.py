@@ -25,9 +25,10 @@ from mops.models.config import ModelConfig
 from mops.training.config import TrainConfig
 from mops.federated.launcher import check_resumable, client_gpu_share, processes_with_env, run_federated
 from mops.federated.partition import histogram, partition_examples, skew_sizes
-from mops.federated.client_app import held_input_prompts
+from mops.federated.client_app import held_frozen_state
 from mops.federated.server_app import STRATEGIES, MopsFedAvg, MopsStrategy, make_strategy
-from mops.federated.task import FROZEN_KEY, load_state, payload_bytes, problems_with, to_wire, trainable_state
+from mops.federated.task import (FROZEN_KEY, frozen_state, load_state, payload_bytes, problems_with, to_wire,
+                                 trainable_state)
 from mops.models import load_base_model
 from mops.tuners.mops.model import MoPModel
 from tests.test_cli import run_cli
@@ -137,7 +138,7 @@ def test_fedprompt_message_holds_the_prompts_it_trains() -> None:
     torch.testing.assert_close(state["prompts"], merged)
     other = make_mop(routing="merge", num_experts=7, prompts_per_expert=2, seed=1)
     other.use_gate_(False)
-    load_state(other, state, mop.adapter_state()[FROZEN_KEY])
+    load_state(other, state, frozen_state(mop))
     torch.testing.assert_close(other.expert_prompts.detach().view(7, 2, hidden).mean(0), merged)
     torch.testing.assert_close(other.input_prompts.detach(), mop.input_prompts.detach())
     mop.use_gate_(True)
@@ -183,11 +184,11 @@ def test_input_prompts_travel_once_per_client_and_again_after_a_failure(monkeypa
 
     # the client keeps P^1 in its node state; one that lacks it (restarted) raises, so the server resends it
     context = Context(run_id=1, node_id=12, node_config={}, state=RecordDict(), run_config={})
-    torch.testing.assert_close(held_input_prompts(first[12], context), frozen.to_torch_state_dict()[FROZEN_KEY])
-    torch.testing.assert_close(held_input_prompts(third[12], context), frozen.to_torch_state_dict()[FROZEN_KEY])
+    torch.testing.assert_close(held_frozen_state(first[12], context), frozen.to_torch_state_dict())
+    torch.testing.assert_close(held_frozen_state(third[12], context), frozen.to_torch_state_dict())
     restarted = Context(run_id=1, node_id=12, node_config={}, state=RecordDict(), run_config={})
     with pytest.raises(RuntimeError, match="does not hold the input prompts"):
-        held_input_prompts(third[12], restarted)
+        held_frozen_state(third[12], restarted)
 
 
 def test_simulated_clients_get_a_gpu_share_where_cuda_is_visible() -> None:
@@ -256,6 +257,16 @@ def test_server_optimizers_apply_the_averaged_update(monkeypatch) -> None:
     assert set(STRATEGIES) == set(SERVER_OPTIMIZERS)  # every allowed name has its Flower strategy
     mop = make_mop(routing="merge", num_experts=7, prompts_per_expert=2)
     assert set(trainable_state(mop, trains_gate=False)) == {"expert_prompts"}
+    # a gate the method keeps frozen travels once with P^1, so clients route with the server's pretrained gate
+    fixed = frozen_state(mop, trains_gate=False)
+    assert set(fixed) == {FROZEN_KEY} | {f"gate.{k}" for k in mop.gate.state_dict()}
+    other = make_mop(routing="merge", num_experts=7, prompts_per_expert=2, seed=1)
+    with torch.no_grad():
+        next(other.gate.parameters()).add_(1.0)
+    load_state(other, trainable_state(mop, trains_gate=False), fixed)
+    for key, value in mop.gate.state_dict().items():
+        torch.testing.assert_close(other.gate.state_dict()[key], value)
+    assert set(frozen_state(mop)) == {FROZEN_KEY}  # MoPs trains its gate: it travels every round instead
 
 
 def test_expertwise_aggregation_weights_each_expert_by_the_gate_mass_sent_to_it(monkeypatch) -> None:
@@ -368,6 +379,7 @@ def test_paired_seeds_and_their_summary(tmp_path: Path, tiny_model_dir: Path) ->
     summary = json.loads((run / "summary.json").read_text())
     frozen_gate = json.loads((run / "seed-0" / "mops_frozen_gate" / "rounds" / "round-1" / "round.json").read_text())
     assert set(frozen_gate["bytes_received_by_payload"]) == {"experts"}  # the pretrained gate stays on the server
+    assert frozen_gate["bytes_sent_by_payload"]["gate"] > 0  # ... and reaches each client once, with P^1
     assert summary["data"] == "dolly" and summary["compress"] is None and summary["seeds"] == [0, 1]
     per_seed = []
     for seed in (0, 1):
@@ -476,7 +488,7 @@ def test_proximal_term_keeps_local_training_near_the_global_arrays(tmp_path: Pat
                        proximal_mu=mu)
         setup = shared_setup(cfg)
         model = MoPModel(setup.base, cfg.mop_config(setup.splits.tasks))
-        start, frozen = trainable_state(model), model.adapter_state()[FROZEN_KEY]
+        start, frozen = trainable_state(model), frozen_state(model)
         model.unload()
         state, metrics = local_train(cfg, 0, 1, start, frozen)
         moved[mu] = math.sqrt(sum(float(((state[k] - start[k]) ** 2).sum()) for k in start))

@@ -1,8 +1,8 @@
 """Flower ClientApp: train the global experts (+ gate) on this client's partition for `local_steps` steps.
 
 Each training message carries the settings (a `ConfigRecord` made by `FederatedRun.to_record`), the global
-trainable arrays (``arrays``) and the digest of the frozen input prompts P^1 (``input-prompts``); P^1 itself
-(``frozen``) comes with a client's first message only and is kept in the node's `Context.state`. The reply
+trainable arrays (``arrays``) and the digest of the frozen state (``input-prompts``: P^1, and the pretrained
+gate of a method that keeps it frozen); that state itself (``frozen``) comes with a client's first message only and is kept in the node's `Context.state`. The reply
 carries the updated arrays and ``num-examples`` (the FedAvg weight). The partition id comes from the node config
 (``partition-id``: set by the simulation engine, or by `flower-supernode --node-config` when deployed).
 """
@@ -19,7 +19,7 @@ from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from mops.federated.config import FederatedRun, parse_faults
-from mops.federated.task import FROZEN_KEY, from_wire, load_state, mean_loss, shared_setup, to_wire, trainable_state
+from mops.federated.task import from_wire, load_state, mean_loss, shared_setup, to_wire, trainable_state
 from mops.training.logger import RunLogger
 from mops.training.loop import Runtime, train_steps
 from mops.tuners.mops.model import MoPModel
@@ -48,7 +48,7 @@ def _corrupt(kind: str | None, state: dict[str, torch.Tensor]) -> dict[str, torc
 
 
 def local_train(cfg: FederatedRun, pid: int, server_round: int, trainable: dict[str, torch.Tensor],
-                frozen: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+                frozen: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """Train the global arrays on partition `pid`; returns the new arrays and metrics."""
     setup = shared_setup(cfg)
     data = setup.encoded_partition(pid)
@@ -89,8 +89,9 @@ def local_train(cfg: FederatedRun, pid: int, server_round: int, trainable: dict[
     return state, metrics
 
 
-def held_input_prompts(msg: Message, context: Context) -> torch.Tensor:
-    """P^1 of this run: from the message (then kept in the node's state for later rounds) or from the state."""
+def held_frozen_state(msg: Message, context: Context) -> dict[str, torch.Tensor]:
+    """The run's frozen state (P^1, and a gate the method keeps frozen): from the message (then kept in the
+    node's state for later rounds) or from the state."""
     key = f"input-prompts-{msg.content['input-prompts']['digest']}"
     if "frozen" in msg.content:
         for old in [k for k in context.state if k.startswith("input-prompts-") and k != key]:
@@ -99,7 +100,7 @@ def held_input_prompts(msg: Message, context: Context) -> torch.Tensor:
     if key not in context.state:
         raise RuntimeError(f"this client does not hold the input prompts {key} (restarted?); the server sends "
                            "them again the next time it samples this client")
-    return context.state[key].to_torch_state_dict()[FROZEN_KEY]
+    return context.state[key].to_torch_state_dict()
 
 
 @app.train()
@@ -108,7 +109,7 @@ def train(msg: Message, context: Context) -> Message:
     pid = int(context.node_config["partition-id"])
     server_round = int(msg.content["config"]["server-round"])
     trainable = from_wire(msg.content["arrays"])
-    frozen = held_input_prompts(msg, context)
+    frozen = held_frozen_state(msg, context)
     fault = parse_faults(cfg.federation.inject_faults).get(pid)
     _before_training(fault, cfg)
     state, metrics = local_train(cfg, pid, server_round, trainable, frozen)

@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from mops.evaluation.results import MethodResult
 from mops.federated.config import FederatedRun, FederationConfig
 from mops.federated.partition import histogram
-from mops.federated.task import (FROZEN_KEY, digest, from_wire, load_state, mean_loss, payload_bytes, problems_with,
+from mops.federated.task import (digest, from_wire, frozen_state, load_state, mean_loss, payload_bytes, problems_with,
                                  shared_setup, to_wire, trainable_state)
 from mops.training.loop import Runtime
 from mops.training.pipeline import Pipeline
@@ -40,8 +40,8 @@ def _add(total: dict[str, int], part: dict[str, int]) -> None:
 
 
 class MopsStrategy:
-    """Mixed into a Flower strategy (FedAvg, FedAvgM, FedAdam, FedYogi: `STRATEGIES`): sends the frozen P^1
-    to each client once, validates every update, and counts bytes (per payload) and failures; the strategy
+    """Mixed into a Flower strategy (FedAvg, FedAvgM, FedAdam, FedYogi: `STRATEGIES`): sends the frozen state
+    (P^1, and a gate the method keeps frozen: `frozen_state`) to each client once, validates every update, and counts bytes (per payload) and failures; the strategy
     itself aggregates the accepted updates.
 
     P^1 travels with a client's first message only: every message names its digest, and the client keeps it
@@ -53,7 +53,7 @@ class MopsStrategy:
         super().__init__(**kwargs)
         self.frozen, self.reference, self.round_offset, self.transport = frozen, reference, round_offset, transport
         self.expertwise = expertwise
-        self.frozen_digest = digest(frozen.to_torch_state_dict()[FROZEN_KEY])
+        self.frozen_digest = digest(frozen.to_torch_state_dict())
         self.holders: set[int] = set()  # nodes that were sent P^1 and have not failed since
         self.stats: dict = {}
 
@@ -187,7 +187,7 @@ def main(grid: Grid, context: Context) -> None:
     if offset:
         model.load_adapter_state(load_file(str(rounds_dir / f"round-{offset}" / "adapter.safetensors")))
     reference = trainable_state(model, METHODS[cfg.method].trains_gate)
-    frozen = ArrayRecord({FROZEN_KEY: model.adapter_state()[FROZEN_KEY]})
+    frozen = ArrayRecord(frozen_state(model, METHODS[cfg.method].trains_gate))
     random.seed(cfg.seed * 7919 + offset)  # Flower samples clients with `random`
     rt.logger.log({"stage": "federation", "step": offset,
                    "clients_connected": wait_for_clients(grid, fed.num_clients, fed.round_timeout)})
@@ -200,7 +200,7 @@ def main(grid: Grid, context: Context) -> None:
         if server_round == 0:
             return None
         n = server_round + offset
-        load_state(model, arrays.to_torch_state_dict(), frozen.to_torch_state_dict()[FROZEN_KEY])
+        load_state(model, arrays.to_torch_state_dict(), frozen.to_torch_state_dict())
         evaluation = pipe.evaluate(cfg.method, n)
         stats = strategy.stats
         record = {"stage": f"{cfg.method}_round", "step": n, "round_seconds": time.perf_counter() - stats["start"],

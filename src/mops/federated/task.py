@@ -80,15 +80,23 @@ def trainable_state(model: MoPModel, trains_gate: bool = True) -> dict[str, torc
     return state
 
 
-def load_state(model: MoPModel, trainable: dict[str, torch.Tensor], frozen: torch.Tensor) -> None:
-    """Put the global arrays into `model` (the gate keeps its values when the arrays carry none). Prompt
-    tuning's prompts go into every expert: their mean, the merged slots, is then exactly those prompts, and
-    Adam moves every expert by the same step, so training from here equals training the full set."""
+def frozen_state(model: MoPModel, trains_gate: bool = True) -> dict[str, torch.Tensor]:
+    """What stays fixed through the rounds, which a client needs once: P^1, and the pretrained gate of a gated
+    method that does not train it (`mops_frozen_gate`)."""
     state = model.adapter_state()
+    gate = {k: v for k, v in state.items() if k.startswith("gate.")} if model.config.use_gate and not trains_gate else {}
+    return {FROZEN_KEY: state[FROZEN_KEY], **gate}
+
+
+def load_state(model: MoPModel, trainable: dict[str, torch.Tensor], frozen: dict[str, torch.Tensor]) -> None:
+    """Put the global arrays and the `frozen_state` into `model`. Prompt tuning's prompts go into every expert:
+    their mean, the merged slots, is then exactly those prompts, and Adam moves every expert by the same step, so
+    training from here equals training the full set."""
+    state = model.adapter_state()
+    state.update(frozen)
     state.update(trainable)
     if PROMPTS_KEY in state:
         state["expert_prompts"] = state.pop(PROMPTS_KEY).repeat(model.config.num_experts, 1)
-    state[FROZEN_KEY] = frozen
     model.load_adapter_state({k: v.to(model.base.model.device) for k, v in state.items()})
 
 
@@ -116,9 +124,13 @@ def payload_bytes(record: ArrayRecord) -> dict[str, int]:
     return sizes
 
 
-def digest(tensor: torch.Tensor) -> str:
-    """A short content digest of a tensor (how clients recognise the P^1 they hold)."""
-    return hashlib.sha256(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()).hexdigest()[:16]
+def digest(state: dict[str, torch.Tensor]) -> str:
+    """A short content digest of named tensors (how clients recognise the frozen state they hold)."""
+    h = hashlib.sha256()
+    for key in sorted(state):
+        h.update(key.encode())
+        h.update(state[key].detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def problems_with(update: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]) -> str | None:

@@ -106,8 +106,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            peft="lora", on_frozen="lora", compared_to=("lora",)),
     Method("fedprompt", "federated prompt tuning (no gate): the federated baseline", "baseline_lr", "lr",
            centralised=False, federated=True),
-    Method("mops_frozen_gate", "federated MoPs whose gate stays as pretrained on the server: only the experts "
-           "travel", "lr", uses_gate=True, trains_gate=False, compared_to=("fedprompt",), centralised=False,
+    Method("mops_frozen_gate", "federated MoPs whose gate stays as pretrained (clients get it once, with P^1): "
+           "only the experts travel each round", "lr", uses_gate=True, trains_gate=False, compared_to=("fedprompt",), centralised=False,
            federated=True),
     # controls: where MoPs' gain comes from (each paired with the baseline of the same run)
     Method("oracle", "control: MoPs' experts routed by the task label (expert = task, one-hot; no gate): the "
