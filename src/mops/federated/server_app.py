@@ -62,14 +62,15 @@ class MopsStrategy:
         sent: dict[str, int] = {}
         messages, with_frozen = [], 0
         wire = to_wire(arrays.to_torch_state_dict(), self.transport)
+        wire_bytes, frozen_bytes = payload_bytes(wire), payload_bytes(self.frozen)  # the same for every client
         for msg in super().configure_train(server_round + self.round_offset, arrays, config, grid):
             node = msg.metadata.dst_node_id
             content = RecordDict({**msg.content, "arrays": wire,
                                   "input-prompts": ConfigRecord({"digest": self.frozen_digest})})
-            _add(sent, payload_bytes(wire))
+            _add(sent, wire_bytes)
             if node not in self.holders:
                 content["frozen"] = self.frozen
-                _add(sent, payload_bytes(self.frozen))
+                _add(sent, frozen_bytes)
                 self.holders.add(node)
                 with_frozen += 1
             messages.append(Message(content=content, dst_node_id=node, message_type=msg.metadata.message_type))

@@ -80,13 +80,13 @@ def client_rows(result: RunResult, methods: Sequence[str]) -> tuple[list[str], l
     compared = pairs(methods)
     scores = {m: client_scores(result.methods[m].final, result.tasks, result.clients)["ppl"] for m in methods}
     headers = ["client", "largest task (share)", *methods, *(gain_header(ref, m, methods) for ref, m in compared)]
+    gains = {(ref, m): client_gains(result, ref, m) for ref, m in compared}
     rows: list[list[object]] = []
     for c, shares in enumerate(task_shares(result.clients)):
         top = max(range(len(shares)), key=shares.__getitem__)
         row: list[object] = [c, f"{result.tasks[top]} ({100 * shares[top]:.0f}%)", *(scores[m][c] for m in methods)]
-        row += [f"{relative_gain(scores[ref][c], scores[m][c]):+.1f}%" for ref, m in compared]
+        row += [f"{gains[p][c]:+.1f}%" for p in compared]
         rows.append(row)
-    gains = {(ref, m): client_gains(result, ref, m) for ref, m in compared}
     rows.append(["mean +- std", "", *(format_mean_std(scores[m]) for m in methods),
                  *(format_mean_std(gains[p], 1, "+") + "%" for p in compared)])
     return headers, rows
