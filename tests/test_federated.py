@@ -392,6 +392,9 @@ def test_paired_seeds_and_their_summary(tmp_path: Path, tiny_model_dir: Path) ->
     assert 0 < summary["bytes_per_round"]["fedprompt"] < summary["bytes_per_round"]["mops_frozen_gate"]
     assert json.loads(out.stdout)["summary"]["gain_mean"] == pytest.approx(summary["gain_mean"])
     assert "Overall gain" in (run / "summary.md").read_text() and "Per client" in (run / "summary.md").read_text()
+    ratio = summary["bytes_per_round"]["mops_frozen_gate"] / summary["bytes_per_round"]["fedprompt"]
+    assert f"mops_frozen_gate {summary['bytes_per_round']['mops_frozen_gate']:,.0f} ({ratio:.2f}x)" in \
+        (run / "summary.md").read_text()
     # per client: its training mix (2 clients x 7 tasks), PPL on that mix, gate mass heatmap
     result = json.loads((run / "seed-0" / "results.json").read_text())
     assert len(result["clients"]) == 2 and all(len(row) == 7 for row in result["clients"])

@@ -184,11 +184,14 @@ def federated_summary(per_seed: dict[int, RunResult], methods: Sequence[str], da
 
 def federated_summary_markdown(summary: dict) -> str:
     """The paired per-task table and the traffic of each method."""
-    traffic = ", ".join(f"{m} {b:,.0f}" for m, b in summary["bytes_per_round"].items())
+    ref = summary["bytes_per_round"].get(summary["paired"]["reference"])
+    traffic = ", ".join(f"{m} {b:,.0f}" + (f" ({b / ref:.2f}x)" if ref else "")
+                        for m, b in summary["bytes_per_round"].items())
     return (summary_markdown(summary["paired"])
             + f"\nOverall gain: {summary['gain_mean']:+.2f} +- {summary['gain_std']:.2f}% (per seed: "
             + " ".join(f"{g:+.2f}" for g in summary["per_seed"])
-            + f"). Bytes per round (sent + received, mean over rounds and seeds): {traffic}.\n"
+            + f"). Bytes per round (sent + received, every payload with the one-off P^1, mean over rounds and "
+            + f"seeds; x {summary['paired']['reference']}): {traffic}.\n"
             + (f"\nPer client (PPL on its own task mix), mean gain over clients: {c['gain_mean']:+.2f} +- "
                f"{c['gain_std']:.2f}% over seeds (per seed: {' '.join(f'{g:+.2f}' for g in c['gain_per_seed'])}; "
                f"spread across clients per seed: {' '.join(f'{s:.2f}' for s in c['spread_per_seed'])}).\n"
