@@ -67,3 +67,7 @@ def test_client_mix_ppl_and_gate_mass_weight_the_task_scores() -> None:
     assert scores["ppl"] == pytest.approx([math.exp((0.75 * 10 + 0.25 * 4 * 3) / (0.75 * 10 + 0.25 * 4)), math.e ** 3])
     assert [pytest.approx(row) for row in ([0.725, 0.275], [0.2, 0.8])] == scores["gate"]
     assert "gate" not in client_scores(Evaluation(step=1, ppl=ppl), ["a", "b"], [[1, 1]])
+    assert "rougeL" not in scores
+    generation = {"per_task": {"a": {"rougeL": 0.4}, "b": {"rougeL": 0.1}}, "overall": {"rougeL": 0.25}}
+    scored = client_scores(Evaluation(step=1, ppl=ppl, generation=generation), ["a", "b"], [[3, 1], [0, 2]])
+    assert scored["rougeL"] == pytest.approx([0.75 * 0.4 + 0.25 * 0.1, 0.1])

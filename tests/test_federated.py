@@ -149,10 +149,56 @@ def test_fedprompt_message_holds_the_prompts_it_trains() -> None:
 
 
 class _Nodes:
-    """The part of a Flower Grid that sampling reads."""
+    """The part of a Flower Grid that sampling reads: connected node ids, and answers to the partition query
+    (`partitions`: node id -> partition id; a node missing from it does not answer)."""
+
+    def __init__(self, partitions: dict[int, int] | None = None, connected: list[int] | None = None) -> None:
+        self.partitions = {11: 0, 12: 1} if partitions is None else partitions
+        self.connected = list(self.partitions) if connected is None else connected
+        self.asked: list[int] = []
 
     def get_node_ids(self) -> list[int]:
-        return [11, 12]
+        return list(self.connected)
+
+    def send_and_receive(self, messages, *, timeout=None) -> list[Message]:
+        replies = []
+        for msg in messages:
+            node = msg.metadata.dst_node_id
+            self.asked.append(node)
+            if node in self.partitions:
+                replies.append(Message(RecordDict({"metrics": MetricRecord({"partition-id": self.partitions[node]})}),
+                                       reply_to=msg))  # from node
+        return replies
+
+
+def test_clients_are_sampled_by_partition_the_same_for_every_run_of_a_seed(monkeypatch) -> None:
+    for name in ("_run_id", "_node_id", "_task_id"):  # what Flower sets in a ServerApp process
+        monkeypatch.setattr(TaskIdentity, name, 1)
+    frozen, arrays = ArrayRecord({FROZEN_KEY: torch.randn(3, 8)}), ArrayRecord({"prompts": torch.zeros(3, 8)})
+
+    def partitions_per_round(grid: _Nodes, seed: int, offset: int = 0, rounds: int = 6) -> list[list[int]]:
+        strategy = MopsFedAvg(frozen, {"prompts": torch.zeros(3, 8)}, offset, seed=seed, sample_fraction=0.25,
+                              fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=1, min_available_nodes=1)
+        chosen = []
+        for n in range(1, rounds + 1):
+            messages = list(strategy.configure_train(n, arrays, ConfigRecord({}), grid))
+            chosen.append(sorted(grid.partitions[m.metadata.dst_node_id] for m in messages))
+            assert chosen[-1] == strategy.stats["partitions"]
+        return chosen
+
+    # two runs whose 10 nodes got other (random) ids, listed in another order: the same partitions every round
+    first = _Nodes({1000 + 7 * p: p for p in range(10)})
+    second = _Nodes({(p * 7919) % 104729 + 5: p for p in reversed(range(10))})
+    runs = partitions_per_round(first, seed=3), partitions_per_round(second, seed=3)
+    assert runs[0] == runs[1] and all(len(r) == 2 for r in runs[0])  # int(10 x 0.25)
+    assert len({tuple(r) for r in runs[0]}) > 1  # rounds differ from each other
+    assert partitions_per_round(first, seed=4) != runs[0]
+    assert sorted(first.asked) == sorted([*first.partitions] * 2)  # each node asked once per run (two runs)
+    # a resumed run (2 rounds done) samples what the uninterrupted run sampled in rounds 3..6
+    assert partitions_per_round(_Nodes({2000 + p: p for p in range(10)}), seed=3, offset=2, rounds=4) == runs[0][2:]
+    # a node that does not say its partition is left out; fewer connected nodes, fewer sampled
+    silent = _Nodes({1: 0, 2: 1, 3: 2, 4: 3}, connected=[1, 2, 3, 4, 5])
+    assert all(set(r) <= {0, 1, 2, 3} and len(r) == 1 for r in partitions_per_round(silent, seed=0))
 
 
 def test_input_prompts_travel_once_per_client_and_again_after_a_failure(monkeypatch) -> None:
@@ -319,7 +365,8 @@ def test_simulation_both_methods_then_resume(tmp_path: Path, tiny_model_dir: Pat
     common = ["federate", "--model", str(tiny_model_dir), "-o", str(run), "--clients", "3", "--clients-per-round", "2",
               "--total", "70", "--max-length", "48", "--prompts-per-expert", "1",
               "--injection-layer", "2", "--recovery-steps", "2", "--gate-pretrain-steps", "20",
-              "--gate-pretrain-examples", "14", "--eval-limit-per-task", "2", "--local-steps", "2", "-b", "2", "--json"]
+              "--gate-pretrain-examples", "14", "--eval-limit-per-task", "2", "--local-steps", "2", "-b", "2", "--json",
+              "--eval-metrics", "ppl,rougeL", "--eval-max-new-tokens", "4"]
     out = run_cli(*common, "--rounds", "2")
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads(out.stdout)
@@ -337,6 +384,8 @@ def test_simulation_both_methods_then_resume(tmp_path: Path, tiny_model_dir: Pat
         p1 = rounds[0]["bytes_sent_by_payload"]["input_prompts"] / 2
         assert rounds[1]["bytes_sent_by_payload"].get("input_prompts", 0) == rounds[1]["clients_sent_input_prompts"] * p1
         assert ("gate" in rounds[-1]["eval"]) is gate
+        # answers (ROUGE-L) are scored after the last round only
+        assert "generation" not in rounds[0]["eval"] and 0 <= rounds[1]["eval"]["generation"]["overall"]["rougeL"] <= 1
         records = [json.loads(line) for line in (run / method / "metrics.jsonl").read_text().splitlines()]
         assert [r["step"] for r in records if r.get("stage") == f"{method}_round"] == [1, 2]
         assert list((run / method / "tensorboard").glob("events.*"))
@@ -348,8 +397,13 @@ def test_simulation_both_methods_then_resume(tmp_path: Path, tiny_model_dir: Pat
     assert fp["bytes_received_by_payload"] == {"prompts": 2 * prompts}
     assert mp["bytes_received_by_payload"]["experts"] == 2 * ArrayRecord({"expert_prompts": torch.zeros(7, hidden)}).count_bytes()
     assert fp["bytes_sent_by_payload"]["input_prompts"] == mp["bytes_sent_by_payload"]["input_prompts"]
+    # both methods trained the same partitions in each round (sampled by partition id, not Flower's node ids)
+    parts = {m: [json.loads((run / m / "rounds" / f"round-{n}" / "round.json").read_text())["client_partitions"]
+                 for n in (1, 2)] for m in ("fedprompt", "mops")}
+    assert parts["fedprompt"] == parts["mops"] and all(len(p) == 2 and set(p) <= {0, 1, 2} for p in parts["mops"])
     text = (run / "results.md").read_text()
     assert "Communication" in text and "| fedprompt |" in text and "x fedprompt" in text
+    assert "ROUGE-L mops - fedprompt" in text  # per client, on its task mix
     base = load_base_model(str(tiny_model_dir))
     adapter = MoPModel.from_pretrained(base, run / "mops" / "adapter")  # the centralised adapter format
     assert adapter.config.use_gate is True
@@ -362,6 +416,8 @@ def test_simulation_both_methods_then_resume(tmp_path: Path, tiny_model_dir: Pat
     steps = [json.loads(line)["step"] for line in (run / "mops" / "metrics.jsonl").read_text().splitlines()
              if '"mops_round"' in line]
     assert steps == [1, 2, 3]
+    third = json.loads((run / "mops" / "rounds" / "round-3" / "round.json").read_text())
+    assert "generation" in third["eval"]  # the last round of the resumed run
 
     refused = run_cli(*common, "--rounds", "3", "--lr", "0.5", "--method", "mops")
     assert refused.returncode == 2 and "other settings" in refused.stderr
@@ -374,7 +430,7 @@ def test_paired_seeds_and_their_summary(tmp_path: Path, tiny_model_dir: Path) ->
                   "1", "--injection-layer", "2", "--recovery-steps", "2", "--gate-pretrain-steps", "10",
                   "--gate-pretrain-examples", "14", "--eval-limit-per-task", "2", "--local-steps", "2", "-b", "2",
                   "--method", "fedprompt,mops_frozen_gate", "--server-optimizer", "fedavgm", "--server-momentum", "0.5",
-                  "--json")
+                  "--eval-metrics", "ppl,rougeL", "--eval-max-new-tokens", "4", "--json")
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads((run / "summary.json").read_text())
     frozen_gate = json.loads((run / "seed-0" / "mops_frozen_gate" / "rounds" / "round-1" / "round.json").read_text())
@@ -392,6 +448,7 @@ def test_paired_seeds_and_their_summary(tmp_path: Path, tiny_model_dir: Path) ->
     assert 0 < summary["bytes_per_round"]["fedprompt"] < summary["bytes_per_round"]["mops_frozen_gate"]
     assert json.loads(out.stdout)["summary"]["gain_mean"] == pytest.approx(summary["gain_mean"])
     assert "Overall gain" in (run / "summary.md").read_text() and "Per client" in (run / "summary.md").read_text()
+    assert len(summary["clients"]["rougeL_points_per_seed"]) == 2 and "ROUGE-L on its mix" in (run / "summary.md").read_text()
     ratio = summary["bytes_per_round"]["mops_frozen_gate"] / summary["bytes_per_round"]["fedprompt"]
     assert f"mops_frozen_gate {summary['bytes_per_round']['mops_frozen_gate']:,.0f} ({ratio:.2f}x)" in \
         (run / "summary.md").read_text()

@@ -8,7 +8,8 @@ per task t with client share w_t, mean NLL per token n_t and mean response token
 
 (the token-weighted NLL of a test sample drawn with the client's mix). It uses every test example, where a
 per-client partition of a 10-examples-per-task test split would leave a handful each. The client x expert
-gate mass is the task x expert gate matrix weighted by the same shares.
+gate mass is the task x expert gate matrix weighted by the same shares, and so is ROUGE-L (a per-example
+mean: the client's expected ROUGE-L is sum_t w_t rougeL_t) where the evaluation scored answers.
 """
 
 from __future__ import annotations
@@ -38,9 +39,12 @@ def mix_ppl(evaluation: Evaluation, tasks: Sequence[str], shares: Sequence[float
 
 
 def client_scores(evaluation: Evaluation, tasks: Sequence[str], histogram: Sequence[Sequence[int]]) -> dict:
-    """Per client: PPL on its mix and, when the gate was on, its gate mass per expert (clients x experts)."""
+    """Per client: PPL on its mix, ROUGE-L on its mix where answers were scored and, when the gate was on, its
+    gate mass per expert (clients x experts)."""
     shares = task_shares(histogram)
     out: dict = {"ppl": [mix_ppl(evaluation, tasks, w) for w in shares]}
+    if evaluation.metric("rougeL") is not None:
+        out["rougeL"] = [sum(w[t] * evaluation.metric("rougeL", task) for t, task in enumerate(tasks)) for w in shares]
     if evaluation.gate is not None:
         experts = len(evaluation.gate[0])
         out["gate"] = [[sum(w[t] * evaluation.gate[t][e] for t in range(len(tasks))) for e in range(experts)]

@@ -4,7 +4,8 @@ Each training message carries the settings (a `ConfigRecord` made by `FederatedR
 trainable arrays (``arrays``) and the digest of the frozen state (``input-prompts``: P^1, and the pretrained
 gate of a method that keeps it frozen); that state itself (``frozen``) comes with a client's first message only and is kept in the node's `Context.state`. The reply
 carries the updated arrays and ``num-examples`` (the FedAvg weight). The partition id comes from the node config
-(``partition-id``: set by the simulation engine, or by `flower-supernode --node-config` when deployed).
+(``partition-id``: set by the simulation engine, or by `flower-supernode --node-config` when deployed); a
+query message asks for it (the server samples clients by partition).
 """
 
 from __future__ import annotations
@@ -101,6 +102,13 @@ def held_frozen_state(msg: Message, context: Context) -> dict[str, torch.Tensor]
         raise RuntimeError(f"this client does not hold the input prompts {key} (restarted?); the server sends "
                            "them again the next time it samples this client")
     return context.state[key].to_torch_state_dict()
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """The server asks for this node's partition id (it samples clients by partition)."""
+    pid = int(context.node_config["partition-id"])
+    return Message(RecordDict({"metrics": MetricRecord({"partition-id": pid})}), reply_to=msg)
 
 
 @app.train()

@@ -1,9 +1,11 @@
 """Flower ServerApp: server-side setup (P^1, gate pretraining), then FedAvg rounds of experts (+ gate).
 
-Per round the server samples `clients_per_round` clients, sends them the global arrays (and P^1 to a client
-that does not hold it yet), rejects replies that errored or carry NaN/Inf or wrongly shaped arrays, averages
-the rest weighted by their example counts (Flower's FedAvg, or the server optimiser chosen), then scores the
-global adapter on the test split (per-task PPL, gate matrix), logs bytes sent/received per payload and the
+Per round the server samples `clients_per_round` clients by partition id with a generator seeded by (seed,
+round), so every method of a seed trains the same clients in the same round (Flower's own sampling draws from
+node ids that are random per run), sends them the global arrays (and P^1 to a client that does not hold it
+yet), rejects replies that errored or carry NaN/Inf or wrongly shaped arrays, averages the rest weighted by
+their example counts (Flower's FedAvg, or the server optimiser chosen), then scores the global adapter on the
+test split (per-task PPL, gate matrix), logs bytes sent/received per payload, the sampled partitions and the
 round time, and checkpoints. A restarted run continues after the last finished round.
 """
 
@@ -16,7 +18,7 @@ from pathlib import Path
 from typing import Iterable
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedYogi
 from safetensors.torch import load_file, save_file
@@ -39,6 +41,27 @@ def _add(total: dict[str, int], part: dict[str, int]) -> None:
         total[key] = total.get(key, 0) + value
 
 
+def ask_partitions(grid: Grid, nodes: list[int], timeout: float) -> dict[int, int]:
+    """node id -> partition id of those `nodes` that answer a query message within `timeout` seconds."""
+    queries = [Message(content=RecordDict(), dst_node_id=n, message_type=MessageType.QUERY) for n in nodes]
+    return {r.metadata.src_node_id: int(r.content["metrics"]["partition-id"])
+            for r in grid.send_and_receive(queries, timeout=timeout) if not r.has_error()}
+
+
+class _Sampled:
+    """The grid as Flower's strategy sees it during `configure_train`: only the nodes `MopsStrategy` sampled are
+    connected, so the strategy (fraction_train 1) sends to exactly those."""
+
+    def __init__(self, grid: Grid, nodes: list[int]) -> None:
+        self.grid, self.nodes = grid, nodes
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.nodes)
+
+    def __getattr__(self, name: str):
+        return getattr(self.grid, name)
+
+
 class MopsStrategy:
     """Mixed into a Flower strategy (FedAvg, FedAvgM, FedAdam, FedYogi: `STRATEGIES`): sends the frozen state
     (P^1, and a gate the method keeps frozen: `frozen_state`) to each client once, validates every update, and counts bytes (per payload) and failures; the strategy
@@ -46,16 +69,34 @@ class MopsStrategy:
 
     P^1 travels with a client's first message only: every message names its digest, and the client keeps it
     (Flower's per-node `Context.state`). A client that fails or does not answer may have restarted without it,
-    so it gets P^1 again the next time it is sampled (one that lacks it raises, which counts as failed)."""
+    so it gets P^1 again the next time it is sampled (one that lacks it raises, which counts as failed).
+
+    Sampling (`sample`): int(`sample_fraction` x connected nodes) partitions, drawn by a generator seeded with
+    (`seed`, absolute round) from the connected nodes' partition ids (asked once per node with a query
+    message); the strategy itself is built with fraction_train 1 and sends to exactly those."""
 
     def __init__(self, frozen: ArrayRecord, reference: dict, round_offset: int, transport: str = "float32",
-                 expertwise: bool = False, **kwargs) -> None:
+                 expertwise: bool = False, *, seed: int = 0, sample_fraction: float = 1.0,
+                 query_timeout: float = 60.0, **kwargs) -> None:
         super().__init__(**kwargs)
         self.frozen, self.reference, self.round_offset, self.transport = frozen, reference, round_offset, transport
         self.expertwise = expertwise
+        self.seed, self.sample_fraction, self.query_timeout = seed, sample_fraction, query_timeout
         self.frozen_digest = digest(frozen.to_torch_state_dict())
         self.holders: set[int] = set()  # nodes that were sent P^1 and have not failed since
+        self.partitions: dict[int, int] = {}  # node id -> partition id, as each node answered
         self.stats: dict = {}
+
+    def sample(self, server_round: int, grid: Grid) -> list[int]:
+        """The nodes that train in absolute round `server_round`: the same partitions for every method of a seed
+        (and after a resume) whatever node ids Flower gave them; a node that does not say its partition is
+        left out."""
+        nodes = list(grid.get_node_ids())
+        if unknown := [n for n in nodes if n not in self.partitions]:
+            self.partitions |= ask_partitions(grid, unknown, self.query_timeout)
+        known = sorted((self.partitions[n], n) for n in nodes if n in self.partitions)
+        k = min(len(known), max(1, int(len(nodes) * self.sample_fraction)))
+        return [n for _, n in random.Random(self.seed * 1_000_003 + server_round).sample(known, k)]
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
                         ) -> Iterable[Message]:
@@ -63,7 +104,10 @@ class MopsStrategy:
         messages, with_frozen = [], 0
         wire = to_wire(arrays.to_torch_state_dict(), self.transport)
         wire_bytes, frozen_bytes = payload_bytes(wire), payload_bytes(self.frozen)  # the same for every client
-        for msg in super().configure_train(server_round + self.round_offset, arrays, config, grid):
+        chosen = self.sample(server_round + self.round_offset, grid)
+        planned = super().configure_train(server_round + self.round_offset, arrays, config,
+                                          _Sampled(grid, chosen)) if chosen else []
+        for msg in planned:
             node = msg.metadata.dst_node_id
             content = RecordDict({**msg.content, "arrays": wire,
                                   "input-prompts": ConfigRecord({"digest": self.frozen_digest})})
@@ -76,7 +120,8 @@ class MopsStrategy:
             messages.append(Message(content=content, dst_node_id=node, message_type=msg.metadata.message_type))
         self.stats = {"start": time.perf_counter(), "sampled": len(messages), "rejected": [], "failed": 0,
                       "sent_to": {m.metadata.dst_node_id for m in messages}, "bytes_sent_by_payload": sent,
-                      "clients_sent_input_prompts": with_frozen, "bytes_received_by_payload": {}, "client_losses": []}
+                      "clients_sent_input_prompts": with_frozen, "bytes_received_by_payload": {}, "client_losses": [],
+                      "partitions": sorted(self.partitions[n] for n in chosen)}
         return messages
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
@@ -189,20 +234,21 @@ def main(grid: Grid, context: Context) -> None:
         model.load_adapter_state(load_file(str(rounds_dir / f"round-{offset}" / "adapter.safetensors")))
     reference = trainable_state(model, METHODS[cfg.method].trains_gate)
     frozen = ArrayRecord(frozen_state(model, METHODS[cfg.method].trains_gate))
-    random.seed(cfg.seed * 7919 + offset)  # Flower samples clients with `random`
     rt.logger.log({"stage": "federation", "step": offset,
                    "clients_connected": wait_for_clients(grid, fed.num_clients, fed.round_timeout)})
     # Sample round(k / n) of the clients connected now: k while all are there, fewer after disconnects
     # (requiring k or n connected clients would wait forever once one has gone).
-    strategy = make_strategy(fed, frozen, reference, offset, fraction_train=min(1.0, (fed.clients_per_round + 0.5) / fed.num_clients),
-                          fraction_evaluate=0.0, min_train_nodes=1, min_available_nodes=1)
+    strategy = make_strategy(fed, frozen, reference, offset, seed=cfg.seed,
+                             sample_fraction=min(1.0, (fed.clients_per_round + 0.5) / fed.num_clients),
+                             query_timeout=fed.round_timeout, fraction_train=1.0, fraction_evaluate=0.0,
+                             min_train_nodes=1, min_available_nodes=1)
 
     def after_round(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         if server_round == 0:
             return None
         n = server_round + offset
         load_state(model, arrays.to_torch_state_dict(), frozen.to_torch_state_dict())
-        evaluation = pipe.evaluate(cfg.method, n)
+        evaluation = pipe.evaluate(cfg.method, n, answers=n == fed.rounds)  # PPL every round, answers at the end
         stats = strategy.stats
         record = {"stage": f"{cfg.method}_round", "step": n, "round_seconds": time.perf_counter() - stats["start"],
                   "bytes_sent": sum(stats["bytes_sent_by_payload"].values()),
@@ -211,7 +257,8 @@ def main(grid: Grid, context: Context) -> None:
                   "bytes_received_by_payload": stats["bytes_received_by_payload"],
                   "clients_sent_input_prompts": stats["clients_sent_input_prompts"],
                   "expertwise": stats.get("expertwise", False),
-                  "clients_sampled": stats["sampled"], "clients_accepted": stats["accepted"],
+                  "clients_sampled": stats["sampled"], "client_partitions": stats["partitions"],
+                  "clients_accepted": stats["accepted"],
                   "clients_failed": stats["failed"], "clients_missing": stats["missing"],
                   "clients_rejected": len(stats["rejected"]), "client_loss": mean_loss(stats["client_losses"]),
                   "eval_ppl": evaluation.overall}

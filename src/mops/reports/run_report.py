@@ -72,23 +72,39 @@ def client_gains(result: RunResult, reference: str, method: str) -> list[float]:
     return [relative_gain(x, y) for x, y in zip(a, b)]
 
 
+def client_rouge_differences(result: RunResult, reference: str, method: str) -> list[float] | None:
+    """Per client: `method`'s ROUGE-L minus `reference`'s on the client's task mix, in points (None: answers
+    were not scored)."""
+    a, b = (client_scores(result.methods[m].final, result.tasks, result.clients or []).get("rougeL")
+            for m in (reference, method))
+    return None if a is None or b is None else [100 * (y - x) for x, y in zip(a, b)]
+
+
 def client_rows(result: RunResult, methods: Sequence[str]) -> tuple[list[str], list[list[object]]]:
     """Federated: per client, its largest task and share, each method's PPL on its task mix
-    (`evaluation.clients`), each paired gain; then mean +- std over clients. Empty without client mixes."""
+    (`evaluation.clients`), each paired gain, and the same for ROUGE-L (x100; differences in points) where
+    answers were scored; then mean +- std over clients. Empty without client mixes."""
     if not result.clients:
         return [], []
     compared = pairs(methods)
-    scores = {m: client_scores(result.methods[m].final, result.tasks, result.clients)["ppl"] for m in methods}
-    headers = ["client", "largest task (share)", *methods, *(gain_header(ref, m, methods) for ref, m in compared)]
+    scores = {m: client_scores(result.methods[m].final, result.tasks, result.clients) for m in methods}
+    rouge = [m for m in methods if "rougeL" in scores[m]]
+    rouge_pairs = [(ref, m) for ref, m in compared if ref in rouge and m in rouge]
+    headers = ["client", "largest task (share)", *methods, *(gain_header(ref, m, methods) for ref, m in compared),
+               *(f"ROUGE-L {m}" for m in rouge), *(f"ROUGE-L {m} - {ref}" for ref, m in rouge_pairs)]
     gains = {(ref, m): client_gains(result, ref, m) for ref, m in compared}
+    diffs = {(ref, m): client_rouge_differences(result, ref, m) for ref, m in rouge_pairs}
     rows: list[list[object]] = []
     for c, shares in enumerate(task_shares(result.clients)):
         top = max(range(len(shares)), key=shares.__getitem__)
-        row: list[object] = [c, f"{result.tasks[top]} ({100 * shares[top]:.0f}%)", *(scores[m][c] for m in methods)]
+        row: list[object] = [c, f"{result.tasks[top]} ({100 * shares[top]:.0f}%)", *(scores[m]["ppl"][c] for m in methods)]
         row += [f"{gains[p][c]:+.1f}%" for p in compared]
+        row += [100 * scores[m]["rougeL"][c] for m in rouge] + [f"{diffs[p][c]:+.1f}" for p in rouge_pairs]
         rows.append(row)
-    rows.append(["mean +- std", "", *(format_mean_std(scores[m]) for m in methods),
-                 *(format_mean_std(gains[p], 1, "+") + "%" for p in compared)])
+    rows.append(["mean +- std", "", *(format_mean_std(scores[m]["ppl"]) for m in methods),
+                 *(format_mean_std(gains[p], 1, "+") + "%" for p in compared),
+                 *(format_mean_std([100 * v for v in scores[m]["rougeL"]], 1) for m in rouge),
+                 *(format_mean_std(diffs[p], 1, "+") for p in rouge_pairs)])
     return headers, rows
 
 
@@ -111,8 +127,9 @@ def write_run_report(run_dir: Path, result: RunResult, methods: Sequence[str]) -
                      "once per client, its total over the run is apart):\n\n" + markdown_table(t_headers, t_rows))
     c_headers, c_rows = client_rows(result, methods)
     if c_rows:
-        text += ("\nPer client: test PPL on the client's own task mix (the per-task test scores weighted by its "
-                 "training partition's task shares):\n\n" + markdown_table(c_headers, c_rows))
+        text += ("\nPer client: test PPL (and ROUGE-L x100, where answers were scored) on the client's own task mix "
+                 "(the per-task test scores weighted by its training partition's task shares):\n\n"
+                 + markdown_table(c_headers, c_rows))
     (run_dir / "results.md").write_text(text)
     if result.pretrained_gate is not None:
         save_gate_heatmap(result.pretrained_gate, result.tasks, "gate after pretraining", run_dir / "gate_pretrained.png")
@@ -179,6 +196,11 @@ def federated_summary(per_seed: dict[int, RunResult], methods: Sequence[str], da
         means = [mean_std(g)["mean"] for g in per_client]
         out["clients"] = {"gain_per_seed": means, **{f"gain_{k}": v for k, v in mean_std(means).items()},
                           "spread_per_seed": [mean_std(g)["std"] for g in per_client]}
+        rouge = [client_rouge_differences(r, paired["reference"], paired["method"]) for r in per_seed.values()]
+        if all(d is not None for d in rouge):  # ROUGE-L points, MoPs minus the reference, mean over clients
+            points = [mean_std(d)["mean"] for d in rouge]
+            out["clients"] |= {"rougeL_points_per_seed": points,
+                               **{f"rougeL_points_{k}": v for k, v in mean_std(points).items()}}
     return out
 
 
@@ -194,5 +216,8 @@ def federated_summary_markdown(summary: dict) -> str:
             + f"seeds; x {summary['paired']['reference']}): {traffic}.\n"
             + (f"\nPer client (PPL on its own task mix), mean gain over clients: {c['gain_mean']:+.2f} +- "
                f"{c['gain_std']:.2f}% over seeds (per seed: {' '.join(f'{g:+.2f}' for g in c['gain_per_seed'])}; "
-               f"spread across clients per seed: {' '.join(f'{s:.2f}' for s in c['spread_per_seed'])}).\n"
-               if (c := summary.get("clients")) else ""))
+               f"spread across clients per seed: {' '.join(f'{s:.2f}' for s in c['spread_per_seed'])})"
+               + (f"; ROUGE-L on its mix, {summary['paired']['method']} minus {summary['paired']['reference']}: "
+                  f"{c['rougeL_points_mean']:+.2f} +- {c['rougeL_points_std']:.2f} points (per seed: "
+                  f"{' '.join(f'{g:+.2f}' for g in c['rougeL_points_per_seed'])})" if "rougeL_points_mean" in c else "")
+               + ".\n" if (c := summary.get("clients")) else ""))

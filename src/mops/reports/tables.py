@@ -37,7 +37,7 @@ def ppl_rows(report: dict) -> list[list[object]]:
 
 
 ROUND_HEADERS = ["method", "round", "round time (s)", "prompts / experts sent", "gate sent", "P^1 sent",
-                 "bytes received", "clients accepted", "mean client loss", "test PPL"]
+                 "bytes received", "clients (partitions)", "clients accepted", "mean client loss", "test PPL"]
 ADAPTER = ("prompts", "experts")  # the payloads of the trained prompts: prompt tuning's, MoPs' experts
 
 
@@ -53,7 +53,8 @@ def round_rows(result: RunResult, methods: Sequence[str]) -> list[list[object]]:
             sent = r.get("bytes_sent_by_payload", {})
             rows.append([m, r["step"], round(r["round_seconds"]), f"{_payload(sent, *ADAPTER):,}",
                          f"{_payload(sent, 'gate'):,}", f"{_payload(sent, 'input_prompts'):,}",
-                         f"{r['bytes_received']:,}", f"{r['clients_accepted']}/{r['clients_sampled']}",
+                         f"{r['bytes_received']:,}", " ".join(map(str, r.get("client_partitions", []))) or "-",
+                         f"{r['clients_accepted']}/{r['clients_sampled']}",
                          r["client_loss"], r["eval_ppl"]])
     return rows
 

@@ -60,7 +60,8 @@ class TrainConfig:
     eval_batch_size: int = field(default=8, metadata={"help": "Evaluation batch size."})
     eval_metrics: str = field(default="ppl", metadata={
         "stage": "main", "help": "Comma-separated: ppl (always), rougeL, exact_match (ROUGE-L, and exact match on "
-                                 "label tasks, of greedy answers to the test prompts; generation is slow on CPU)."})
+                                 "label tasks, of greedy answers to the test prompts; generation is slow on CPU). Federated runs "
+                                 "score answers after the last round only (PPL every round)."})
     eval_max_new_tokens: int = field(default=64, metadata={
         "stage": "main", "help": "Answer length for rougeL / exact_match."})
     checkpoint_every: int = field(default=50, metadata={"stage": "never", "help": "Checkpoint every N steps (0: never)."})

@@ -207,17 +207,18 @@ class Pipeline:
         return result
 
     # ---- evaluation -----------------------------------------------------------------------------------
-    def evaluate(self, label: str, step: int) -> Evaluation:
-        """Per-task test PPL, plus the (task x expert) gate matrix when the gate is on (in eval mode: no dropout)."""
+    def evaluate(self, label: str, step: int, answers: bool = True) -> Evaluation:
+        """Per-task test PPL, the answer metrics the settings ask for (unless `answers` is False), and the
+        (task x expert) gate matrix when the gate is on (in eval mode: no dropout)."""
         training = [m for m in self.model.lm.modules() if m.training]
         self.model.lm.eval()
         try:
-            return self._evaluate(label, step)
+            return self._evaluate(label, step, answers)
         finally:
             for module in training:
                 module.train()
 
-    def _evaluate(self, label: str, step: int) -> Evaluation:
+    def _evaluate(self, label: str, step: int, answers: bool) -> Evaluation:
         report = evaluate_perplexity(
             self._routed(mop_logits_fn(self.model, self.cache("test"))), self.test_enc, self.splits.tasks, self.pad_id,
             self.train_cfg.eval_batch_size, self.device, progress=self.rt.progress and self.rt.is_main,
@@ -225,7 +226,7 @@ class Pipeline:
         record: dict = {"stage": f"{label}_eval", "step": step, "eval_ppl": report["overall"]["ppl"]}
         record.update({f"eval_ppl/{t}": s["ppl"] for t, s in report["per_task"].items()})
         out = Evaluation(step=step, ppl=report)
-        if self.train_cfg.generates:
+        if answers and self.train_cfg.generates:
             out.generation = self.answer_metrics()
             record.update({f"eval_{k}": v for k, v in out.generation["overall"].items() if k != "examples"})
         if self.model.config.use_gate and self.model.stage == "mop" and not self._by_task:
