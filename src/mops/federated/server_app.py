@@ -240,7 +240,7 @@ def main(grid: Grid, context: Context) -> None:
     # (requiring k or n connected clients would wait forever once one has gone).
     strategy = make_strategy(fed, frozen, reference, offset, seed=cfg.seed,
                              sample_fraction=min(1.0, (fed.clients_per_round + 0.5) / fed.num_clients),
-                             query_timeout=fed.round_timeout, fraction_train=1.0, fraction_evaluate=0.0,
+                             query_timeout=min(60.0, fed.round_timeout), fraction_train=1.0, fraction_evaluate=0.0,
                              min_train_nodes=1, min_available_nodes=1)
 
     def after_round(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
