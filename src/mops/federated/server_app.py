@@ -233,7 +233,8 @@ def main(grid: Grid, context: Context) -> None:
     if offset:
         model.load_adapter_state(load_file(str(rounds_dir / f"round-{offset}" / "adapter.safetensors")))
     reference = trainable_state(model, METHODS[cfg.method].trains_gate)
-    frozen = ArrayRecord(frozen_state(model, METHODS[cfg.method].trains_gate))
+    frozen_tensors = frozen_state(model, METHODS[cfg.method].trains_gate)
+    frozen = ArrayRecord(frozen_tensors)
     rt.logger.log({"stage": "federation", "step": offset,
                    "clients_connected": wait_for_clients(grid, fed.num_clients, fed.round_timeout)})
     # Sample round(k / n) of the clients connected now: k while all are there, fewer after disconnects
@@ -247,7 +248,7 @@ def main(grid: Grid, context: Context) -> None:
         if server_round == 0:
             return None
         n = server_round + offset
-        load_state(model, arrays.to_torch_state_dict(), frozen.to_torch_state_dict())
+        load_state(model, arrays.to_torch_state_dict(), frozen_tensors)
         evaluation = pipe.evaluate(cfg.method, n, answers=n == fed.rounds)  # PPL every round, answers at the end
         stats = strategy.stats
         record = {"stage": f"{cfg.method}_round", "step": n, "round_seconds": time.perf_counter() - stats["start"],

@@ -66,18 +66,22 @@ def metric_rows(result: RunResult, methods: Sequence[str], name: str) -> tuple[l
     return headers, rows
 
 
-def client_gains(result: RunResult, reference: str, method: str) -> list[float]:
-    """Per client: the paired gain of `method` over `reference` on the client's task mix."""
-    a, b = (client_scores(result.methods[m].final, result.tasks, result.clients or [])["ppl"] for m in (reference, method))
-    return [relative_gain(x, y) for x, y in zip(a, b)]
+def method_client_scores(result: RunResult, methods: Sequence[str]) -> dict[str, dict]:
+    """`client_scores` of each method's final evaluation on the run's client mixes, computed once."""
+    return {m: client_scores(result.methods[m].final, result.tasks, result.clients or []) for m in methods}
 
 
-def client_rouge_differences(result: RunResult, reference: str, method: str) -> list[float] | None:
-    """Per client: `method`'s ROUGE-L minus `reference`'s on the client's task mix, in points (None: answers
-    were not scored)."""
-    a, b = (client_scores(result.methods[m].final, result.tasks, result.clients or []).get("rougeL")
-            for m in (reference, method))
-    return None if a is None or b is None else [100 * (y - x) for x, y in zip(a, b)]
+def client_gains(reference: dict, method: dict) -> list[float]:
+    """Per client: the paired PPL gain of `method` over `reference` (both `client_scores`) on its task mix."""
+    return [relative_gain(x, y) for x, y in zip(reference["ppl"], method["ppl"])]
+
+
+def client_rouge_differences(reference: dict, method: dict) -> list[float] | None:
+    """Per client: `method`'s ROUGE-L minus `reference`'s (both `client_scores`) on its task mix, in points
+    (None: answers were not scored)."""
+    if "rougeL" not in reference or "rougeL" not in method:
+        return None
+    return [100 * (y - x) for x, y in zip(reference["rougeL"], method["rougeL"])]
 
 
 def client_rows(result: RunResult, methods: Sequence[str]) -> tuple[list[str], list[list[object]]]:
@@ -87,13 +91,13 @@ def client_rows(result: RunResult, methods: Sequence[str]) -> tuple[list[str], l
     if not result.clients:
         return [], []
     compared = pairs(methods)
-    scores = {m: client_scores(result.methods[m].final, result.tasks, result.clients) for m in methods}
+    scores = method_client_scores(result, methods)
     rouge = [m for m in methods if "rougeL" in scores[m]]
     rouge_pairs = [(ref, m) for ref, m in compared if ref in rouge and m in rouge]
     headers = ["client", "largest task (share)", *methods, *(gain_header(ref, m, methods) for ref, m in compared),
                *(f"ROUGE-L {m}" for m in rouge), *(f"ROUGE-L {m} - {ref}" for ref, m in rouge_pairs)]
-    gains = {(ref, m): client_gains(result, ref, m) for ref, m in compared}
-    diffs = {(ref, m): client_rouge_differences(result, ref, m) for ref, m in rouge_pairs}
+    gains = {(ref, m): client_gains(scores[ref], scores[m]) for ref, m in compared}
+    diffs = {(ref, m): client_rouge_differences(scores[ref], scores[m]) for ref, m in rouge_pairs}
     rows: list[list[object]] = []
     for c, shares in enumerate(task_shares(result.clients)):
         top = max(range(len(shares)), key=shares.__getitem__)
@@ -192,11 +196,13 @@ def federated_summary(per_seed: dict[int, RunResult], methods: Sequence[str], da
            "gain_mean": overall["mean"], "gain_std": overall["std"],
            "bytes_per_round": {m: bytes_per_round(list(per_seed.values()), m) for m in methods}, "paired": paired}
     if all(r.clients for r in per_seed.values()):  # per seed: the mean and the spread of the per-client gains
-        per_client = [client_gains(r, paired["reference"], paired["method"]) for r in per_seed.values()]
+        ref, method = paired["reference"], paired["method"]
+        scores = [method_client_scores(r, (ref, method)) for r in per_seed.values()]
+        per_client = [client_gains(s[ref], s[method]) for s in scores]
         means = [mean_std(g)["mean"] for g in per_client]
         out["clients"] = {"gain_per_seed": means, **{f"gain_{k}": v for k, v in mean_std(means).items()},
                           "spread_per_seed": [mean_std(g)["std"] for g in per_client]}
-        rouge = [client_rouge_differences(r, paired["reference"], paired["method"]) for r in per_seed.values()]
+        rouge = [client_rouge_differences(s[ref], s[method]) for s in scores]
         if all(d is not None for d in rouge):  # ROUGE-L points, MoPs minus the reference, mean over clients
             points = [mean_std(d)["mean"] for d in rouge]
             out["clients"] |= {"rougeL_points_per_seed": points,
@@ -204,8 +210,23 @@ def federated_summary(per_seed: dict[int, RunResult], methods: Sequence[str], da
     return out
 
 
+def _clients_sentence(summary: dict) -> str:
+    """The per-client line of a federated summary ('' without client mixes)."""
+    c = summary.get("clients")
+    if not c:
+        return ""
+    text = (f"\nPer client (PPL on its own task mix), mean gain over clients: {c['gain_mean']:+.2f} +- "
+            f"{c['gain_std']:.2f}% over seeds (per seed: {' '.join(f'{g:+.2f}' for g in c['gain_per_seed'])}; "
+            f"spread across clients per seed: {' '.join(f'{s:.2f}' for s in c['spread_per_seed'])})")
+    if "rougeL_points_mean" in c:
+        text += (f"; ROUGE-L on its mix, {summary['paired']['method']} minus {summary['paired']['reference']}: "
+                 f"{c['rougeL_points_mean']:+.2f} +- {c['rougeL_points_std']:.2f} points (per seed: "
+                 f"{' '.join(f'{g:+.2f}' for g in c['rougeL_points_per_seed'])})")
+    return text + ".\n"
+
+
 def federated_summary_markdown(summary: dict) -> str:
-    """The paired per-task table and the traffic of each method."""
+    """The paired per-task table, the traffic of each method and the per-client line."""
     ref = summary["bytes_per_round"].get(summary["paired"]["reference"])
     traffic = ", ".join(f"{m} {b:,.0f}" + (f" ({b / ref:.2f}x)" if ref else "")
                         for m, b in summary["bytes_per_round"].items())
@@ -214,10 +235,4 @@ def federated_summary_markdown(summary: dict) -> str:
             + " ".join(f"{g:+.2f}" for g in summary["per_seed"])
             + f"). Bytes per round (sent + received, every payload with the one-off P^1, mean over rounds and "
             + f"seeds; x {summary['paired']['reference']}): {traffic}.\n"
-            + (f"\nPer client (PPL on its own task mix), mean gain over clients: {c['gain_mean']:+.2f} +- "
-               f"{c['gain_std']:.2f}% over seeds (per seed: {' '.join(f'{g:+.2f}' for g in c['gain_per_seed'])}; "
-               f"spread across clients per seed: {' '.join(f'{s:.2f}' for s in c['spread_per_seed'])})"
-               + (f"; ROUGE-L on its mix, {summary['paired']['method']} minus {summary['paired']['reference']}: "
-                  f"{c['rougeL_points_mean']:+.2f} +- {c['rougeL_points_std']:.2f} points (per seed: "
-                  f"{' '.join(f'{g:+.2f}' for g in c['rougeL_points_per_seed'])})" if "rougeL_points_mean" in c else "")
-               + ".\n" if (c := summary.get("clients")) else ""))
+            + _clients_sentence(summary))
