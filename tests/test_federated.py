@@ -17,6 +17,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAdam, FedAvgM
 from flwr.supercore.task_identity import TaskIdentity
+from safetensors.torch import load_file
 
 from mops.data import load_splits
 from mops.errors import ConfigError
@@ -25,11 +26,15 @@ from mops.models.config import ModelConfig
 from mops.training.config import TrainConfig
 from mops.federated.launcher import check_resumable, client_gpu_share, processes_with_env, run_federated
 from mops.federated.partition import histogram, partition_examples, skew_sizes
-from mops.federated.client_app import held_frozen_state
+from mops.federated.client_app import held_frozen_state, keep_personal_gate, personal_gate, query_personal_gate
 from mops.federated.server_app import STRATEGIES, MopsFedAvg, MopsStrategy, make_strategy
 from mops.federated.task import (FROZEN_KEY, frozen_state, load_state, payload_bytes, problems_with, to_wire,
                                  trainable_state)
+from mops.evaluation.clients import client_scores, mix_ppl, task_shares
+from mops.evaluation.results import Evaluation, RunResult
+from mops.reports.run_report import method_client_scores
 from mops.models import load_base_model
+from mops.tuners.registry import METHODS
 from mops.tuners.mops.model import MoPModel
 from tests.test_cli import run_cli
 from tests.test_mop_model import make_mop
@@ -198,7 +203,9 @@ def test_clients_are_sampled_by_partition_the_same_for_every_run_of_a_seed(monke
     assert partitions_per_round(_Nodes({2000 + p: p for p in range(10)}), seed=3, offset=2, rounds=4) == runs[0][2:]
     # a node that does not say its partition is left out; fewer connected nodes, fewer sampled
     silent = _Nodes({1: 0, 2: 1, 3: 2, 4: 3}, connected=[1, 2, 3, 4, 5])
-    assert all(set(r) <= {0, 1, 2, 3} and len(r) == 1 for r in partitions_per_round(silent, seed=0))
+    assert all(set(r) <= {0, 1, 2, 3} and len(r) == 1 for r in partitions_per_round(silent, seed=0, rounds=8))
+    # ... and asked again after 1, 2, 4 rounds (rounds 1, 2, 4, 8), not every round: each unanswered query waits
+    assert silent.asked.count(5) == 4 and all(silent.asked.count(n) == 1 for n in (1, 2, 3, 4))
 
 
 def test_input_prompts_travel_once_per_client_and_again_after_a_failure(monkeypatch) -> None:
@@ -235,6 +242,74 @@ def test_input_prompts_travel_once_per_client_and_again_after_a_failure(monkeypa
     restarted = Context(run_id=1, node_id=12, node_config={}, state=RecordDict(), run_config={})
     with pytest.raises(RuntimeError, match="does not hold the input prompts"):
         held_frozen_state(third[12], restarted)
+
+
+def test_a_personal_gate_stays_on_its_client_for_its_run_only(monkeypatch) -> None:
+    for name in ("_run_id", "_node_id", "_task_id"):
+        monkeypatch.setattr(TaskIdentity, name, 1)
+    entry = METHODS["mops_personal_gate"]
+    assert entry.uses_gate and entry.trains_gate and not entry.gate_travels and METHODS["mops"].gate_travels
+    mop = make_mop(routing="merge", num_experts=7, prompts_per_expert=2)
+    assert set(trainable_state(mop, entry.gate_travels)) == {"expert_prompts"}  # only the experts travel
+    assert set(frozen_state(mop, entry.gate_travels)) == {FROZEN_KEY} | {f"gate.{k}" for k in mop.gate.state_dict()}
+    trained = {id(p) for group in entry.param_groups(mop, TrainConfig()) for p in group["params"]}
+    assert all(id(p) in trained for n, p in mop.gate.named_parameters() if n != "strength")  # clients train it
+
+    def message(digest: str) -> Message:
+        return Message(RecordDict({"input-prompts": ConfigRecord({"digest": digest})}), dst_node_id=5,
+                       message_type="query.personal_gate")
+
+    context = Context(run_id=1, node_id=5, node_config={"partition-id": 3}, state=RecordDict(), run_config={})
+    assert personal_gate(message("run-a"), context) == {}  # never trained: it starts from the pretrained gate
+    empty = query_personal_gate(message("run-a"), context)
+    assert len(empty.content["arrays"]) == 0 and empty.content["metrics"]["partition-id"] == 3
+    gate = {"gate.w": torch.randn(4, 3), "gate.b": torch.randn(3)}
+    keep_personal_gate(message("run-a"), context, gate)
+    kept = personal_gate(message("run-a"), context)
+    assert set(kept) == set(gate) and all(torch.equal(kept[k], gate[k]) for k in gate)
+    reply = query_personal_gate(message("run-a"), context)
+    assert torch.equal(reply.content["arrays"].to_torch_state_dict()["gate.w"], gate["gate.w"])
+    keep_personal_gate(message("run-b"), context, {"gate.w": torch.zeros(4, 3)})  # another run (seed) replaces it
+    assert personal_gate(message("run-a"), context) == {}
+    assert [k for k in context.state if k.startswith("personal-gate-")] == ["personal-gate-run-b"]
+
+
+def test_personal_gates_score_each_client_with_its_own_gate(tmp_path: Path, tiny_model_dir: Path) -> None:
+    run = tmp_path / "fed"
+    common = ["federate", "--model", str(tiny_model_dir), "-o", str(run), "--clients", "2", "--clients-per-round", "2",
+              "--rounds", "1", "--seeds", "0,1", "--total", "70", "--max-length", "48", "--prompts-per-expert", "1",
+              "--injection-layer", "2", "--recovery-steps", "2", "--gate-pretrain-steps", "10",
+              "--gate-pretrain-examples", "14", "--eval-limit-per-task", "2", "--local-steps", "2", "-b", "2",
+              "--gate-lr", "0.05", "--method", "fedprompt,mops_frozen_gate,mops_personal_gate"]
+    out = run_cli(*common)
+    assert out.returncode == 0, out.stderr[-3000:]
+    folder = run / "seed-0" / "mops_personal_gate"
+    round_ = json.loads((folder / "rounds" / "round-1" / "round.json").read_text())
+    assert set(round_["bytes_received_by_payload"]) == {"experts"}  # the gate never travels back
+    assert round_["bytes_sent_by_payload"]["gate"] > 0  # the pretrained one goes out once, with P^1
+    result = json.loads((run / "seed-0" / "results.json").read_text())
+    finals = result["mops_personal_gate"]["client_finals"]
+    assert [c["partition"] for c in finals] == [0, 1] and all(c["own_gate"] for c in finals)
+    pretrained = load_file(str(folder / "adapter" / "adapter_model.safetensors"))
+    gates = [load_file(str(folder / "personal_gates" / f"client-{pid}.safetensors")) for pid in (0, 1)]
+    for gate in gates:  # each client trained its own copy of the pretrained gate, differently
+        assert set(gate) <= set(pretrained) and any(not torch.equal(gate[k], pretrained[k]) for k in gate)
+    assert any(not torch.equal(gates[0][k], gates[1][k]) for k in gates[0])
+    # the per-client scores use each client's own evaluation, not the global adapter's (pretrained gate)
+    own = [Evaluation.from_dict(c["eval"]) for c in finals]
+    expected = [mix_ppl(own[i], result["tasks"], task_shares(result["clients"])[i]) for i in (0, 1)]
+    assert method_client_scores(RunResult.from_dict(result), ["mops_personal_gate"])["mops_personal_gate"]["ppl"] == expected
+    assert expected != client_scores(Evaluation.from_dict(result["mops_personal_gate"]["final"]), result["tasks"],
+                                     result["clients"])["ppl"]
+    fedprompt = client_scores(Evaluation.from_dict(result["fedprompt"]["final"]), result["tasks"], result["clients"])
+    gains = [100 * (f - m) / f for f, m in zip(fedprompt["ppl"], expected)]
+    pair = json.loads((run / "summary.json").read_text())["paired"]["others"]["mops_personal_gate vs fedprompt"]
+    assert pair["clients"]["gain_per_seed"][0] == pytest.approx(sum(gains) / 2)  # every pair has its per-client line
+    assert "Per client (PPL on its own task mix), mops_personal_gate vs fedprompt" in (run / "summary.md").read_text()
+    # a re-run after the last round (its clients restarted without their gates) keeps the scores it had
+    again = run_cli(*common)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((run / "seed-0" / "results.json").read_text())["mops_personal_gate"]["client_finals"] == finals
 
 
 def test_simulated_clients_get_a_gpu_share_where_cuda_is_visible() -> None:
@@ -302,14 +377,14 @@ def test_server_optimizers_apply_the_averaged_update(monkeypatch) -> None:
         FederationConfig(server_lr=0.5)
     assert set(STRATEGIES) == set(SERVER_OPTIMIZERS)  # every allowed name has its Flower strategy
     mop = make_mop(routing="merge", num_experts=7, prompts_per_expert=2)
-    assert set(trainable_state(mop, trains_gate=False)) == {"expert_prompts"}
+    assert set(trainable_state(mop, gate_travels=False)) == {"expert_prompts"}
     # a gate the method keeps frozen travels once with P^1, so clients route with the server's pretrained gate
-    fixed = frozen_state(mop, trains_gate=False)
+    fixed = frozen_state(mop, gate_travels=False)
     assert set(fixed) == {FROZEN_KEY} | {f"gate.{k}" for k in mop.gate.state_dict()}
     other = make_mop(routing="merge", num_experts=7, prompts_per_expert=2, seed=1)
     with torch.no_grad():
         next(other.gate.parameters()).add_(1.0)
-    load_state(other, trainable_state(mop, trains_gate=False), fixed)
+    load_state(other, trainable_state(mop, gate_travels=False), fixed)
     for key, value in mop.gate.state_dict().items():
         torch.testing.assert_close(other.gate.state_dict()[key], value)
     assert set(frozen_state(mop)) == {FROZEN_KEY}  # MoPs trains its gate: it travels every round instead
@@ -550,7 +625,7 @@ def test_proximal_term_keeps_local_training_near_the_global_arrays(tmp_path: Pat
         model = MoPModel(setup.base, cfg.mop_config(setup.splits.tasks))
         start, frozen = trainable_state(model), frozen_state(model)
         model.unload()
-        state, metrics = local_train(cfg, 0, 1, start, frozen)
+        state, metrics, _ = local_train(cfg, 0, 1, start, frozen)
         moved[mu] = math.sqrt(sum(float(((state[k] - start[k]) ** 2).sum()) for k in start))
         assert math.isfinite(metrics["loss"]) and abs(sum(metrics[f"gate-mass-{e}"] for e in range(7)) - 1) < 1e-6
     assert 0 < moved[1000.0] < 0.5 * moved[0.0]

@@ -164,7 +164,7 @@ def test_federated_grids_are_validated():
     assert cfg.train.recovery_lr == central.train["recovery_lr"] == 1e-2
     with pytest.raises(ConfigError, match="federated: .*num_clientz"):
         Cell(name="a", methods=["mops"], federated={"num_clientz": 3})
-    with pytest.raises(ConfigError, match="federated methods are mops, fedprompt, mops_frozen_gate, got \\['lora'\\]"):
+    with pytest.raises(ConfigError, match="federated methods are mops, fedprompt, mops_frozen_gate, mops_personal_gate, got \\['lora'\\]"):
         Cell(name="a", methods=["lora"], federated={})
     with pytest.raises(ConfigError, match="train: .*TrainConfig.steps must be >= 0"):
         Cell(name="a", methods=["mops"], federated={}, train={"steps": -3})

@@ -9,7 +9,8 @@ per task t with client share w_t, mean NLL per token n_t and mean response token
 (the token-weighted NLL of a test sample drawn with the client's mix). It uses every test example, where a
 per-client partition of a 10-examples-per-task test split would leave a handful each. The client x expert
 gate mass is the task x expert gate matrix weighted by the same shares, and so is ROUGE-L (a per-example
-mean: the client's expected ROUGE-L is sum_t w_t rougeL_t) where the evaluation scored answers.
+mean: the client's expected ROUGE-L is sum_t w_t rougeL_t) where the evaluation scored answers. A method whose
+clients keep their own gate has one evaluation per client: client i is scored from evaluation i.
 """
 
 from __future__ import annotations
@@ -38,15 +39,19 @@ def mix_ppl(evaluation: Evaluation, tasks: Sequence[str], shares: Sequence[float
     return math.exp(num / den) if den else math.nan
 
 
-def client_scores(evaluation: Evaluation, tasks: Sequence[str], histogram: Sequence[Sequence[int]]) -> dict:
+def client_scores(evaluation: Evaluation | Sequence[Evaluation], tasks: Sequence[str],
+                  histogram: Sequence[Sequence[int]]) -> dict:
     """Per client: PPL on its mix, ROUGE-L on its mix where answers were scored and, when the gate was on, its
-    gate mass per expert (clients x experts)."""
+    gate mass per expert (clients x experts). `evaluation`: the global adapter's, or one per client."""
     shares = task_shares(histogram)
-    out: dict = {"ppl": [mix_ppl(evaluation, tasks, w) for w in shares]}
-    if evaluation.metric("rougeL") is not None:
-        out["rougeL"] = [sum(w[t] * evaluation.metric("rougeL", task) for t, task in enumerate(tasks)) for w in shares]
-    if evaluation.gate is not None:
-        experts = len(evaluation.gate[0])
-        out["gate"] = [[sum(w[t] * evaluation.gate[t][e] for t in range(len(tasks))) for e in range(experts)]
-                       for w in shares]
+    evals = [evaluation] * len(shares) if isinstance(evaluation, Evaluation) else list(evaluation)
+    if len(evals) != len(shares):
+        raise ValueError(f"{len(evals)} client evaluations for {len(shares)} clients")
+    out: dict = {"ppl": [mix_ppl(ev, tasks, w) for ev, w in zip(evals, shares)]}
+    if all(ev.metric("rougeL") is not None for ev in evals):
+        out["rougeL"] = [sum(w[t] * ev.metric("rougeL", task) for t, task in enumerate(tasks))
+                         for ev, w in zip(evals, shares)]
+    if all(ev.gate is not None for ev in evals):
+        out["gate"] = [[sum(w[t] * ev.gate[t][e] for t in range(len(tasks))) for e in range(len(ev.gate[0]))]
+                       for ev, w in zip(evals, shares)]
     return out

@@ -51,7 +51,9 @@ class Evaluation:
 class MethodResult:
     """One trained method: training losses, evaluations during training, the final evaluation.
 
-    Federated runs add `rounds` (per round: time, bytes, clients, loss, and its evaluation under ``eval``)."""
+    Federated runs add `rounds` (per round: time, bytes, clients, loss, and its evaluation under ``eval``), and
+    a method with a gate per client `client_finals` (per partition: ``{"partition", "own_gate", "eval"}``, the
+    final experts scored with that client's gate)."""
 
     final: Evaluation
     losses: list[float] = field(default_factory=list)
@@ -60,6 +62,12 @@ class MethodResult:
     seconds: float | None = None
     rounds: list[dict] | None = None
     adapter: dict | None = None  # peft methods: rank, targets, and the MoPs count it was matched to (or None)
+    client_finals: list[dict] | None = None
+
+    @property
+    def client_evaluations(self) -> list[Evaluation] | None:
+        """Per partition, the final evaluation under that client's own gate (None: one global adapter)."""
+        return None if self.client_finals is None else [Evaluation.from_dict(c["eval"]) for c in self.client_finals]
 
     @property
     def evaluations(self) -> list[Evaluation]:
@@ -79,6 +87,8 @@ class MethodResult:
             out["seconds"] = self.seconds
         if self.adapter is not None:
             out["adapter"] = self.adapter
+        if self.client_finals is not None:
+            out["client_finals"] = self.client_finals
         return out
 
     @classmethod
@@ -86,7 +96,7 @@ class MethodResult:
         return cls(final=Evaluation.from_dict(data["final"]), losses=data.get("losses", []),
                    evals=[Evaluation.from_dict(e) for e in data.get("evals", [])],
                    trainable_parameters=data.get("trainable_parameters"), seconds=data.get("seconds"),
-                   rounds=data.get("rounds"), adapter=data.get("adapter"))
+                   rounds=data.get("rounds"), adapter=data.get("adapter"), client_finals=data.get("client_finals"))
 
 
 _RUN_KEYS = ("tasks", "settings", "base", "versions", "recovery", "input_prompts_only", "gate_pretrain", "clients")

@@ -6,6 +6,11 @@ gate of a method that keeps it frozen); that state itself (``frozen``) comes wit
 carries the updated arrays and ``num-examples`` (the FedAvg weight). The partition id comes from the node config
 (``partition-id``: set by the simulation engine, or by `flower-supernode --node-config` when deployed); a
 query message asks for it (the server samples clients by partition).
+
+Local gate personalisation (`mops_personal_gate`): a client starts its own gate from the pretrained one (part of
+the frozen state), keeps it in `Context.state` after each round it trains and never sends it with its update; a
+``personal_gate`` query after the last round asks for it, so that the server can score each client with its
+own gate. Like P^1, it lives in the node's memory: a restarted node starts its gate again from the pretrained one.
 """
 
 from __future__ import annotations
@@ -16,11 +21,11 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from mops.federated.config import FederatedRun, parse_faults
-from mops.federated.task import from_wire, load_state, mean_loss, shared_setup, to_wire, trainable_state
+from mops.federated.task import from_wire, gate_state, load_state, mean_loss, shared_setup, to_wire, trainable_state
 from mops.training.logger import RunLogger
 from mops.training.loop import Runtime, train_steps
 from mops.tuners.mops.model import MoPModel
@@ -49,8 +54,11 @@ def _corrupt(kind: str | None, state: dict[str, torch.Tensor]) -> dict[str, torc
 
 
 def local_train(cfg: FederatedRun, pid: int, server_round: int, trainable: dict[str, torch.Tensor],
-                frozen: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-    """Train the global arrays on partition `pid`; returns the new arrays and metrics."""
+                frozen: dict[str, torch.Tensor]
+                ) -> tuple[dict[str, torch.Tensor], dict[str, float], dict[str, torch.Tensor]]:
+    """Train the global arrays (from `frozen`: P^1 and a gate that does not travel) on partition `pid`;
+    returns the new arrays, metrics and the gate as trained (the client keeps it where the method's gate is
+    local)."""
     setup = shared_setup(cfg)
     data = setup.encoded_partition(pid)
     model = MoPModel(setup.base, cfg.mop_config(setup.splits.tasks))
@@ -82,12 +90,12 @@ def local_train(cfg: FederatedRun, pid: int, server_round: int, trainable: dict[
 
     losses = train_steps(model, f"client-{pid}", groups, data, tcfg.steps, tcfg, rt, pad_id, logits_fn=logits_fn,
                          regulariser=proximal if mu else None)
-    state = trainable_state(model, METHODS[cfg.method].trains_gate)
+    state, gate = trainable_state(model, METHODS[cfg.method].gate_travels), gate_state(model)
     model.unload()
     metrics = {"num-examples": len(data), "loss": mean_loss(losses), "seconds": time.perf_counter() - t0}
     if mass.sum() > 0:  # the share of its trained examples' gate weight each expert got: (E,), sums to 1
         metrics |= {f"gate-mass-{e}": float(m) for e, m in enumerate(mass / mass.sum())}
-    return state, metrics
+    return state, metrics, gate
 
 
 def held_frozen_state(msg: Message, context: Context) -> dict[str, torch.Tensor]:
@@ -104,6 +112,33 @@ def held_frozen_state(msg: Message, context: Context) -> dict[str, torch.Tensor]
     return context.state[key].to_torch_state_dict()
 
 
+def _gate_key(msg: Message) -> str:
+    """Where a client keeps its own gate: per frozen state (the run and seed), as for P^1."""
+    return f"personal-gate-{msg.content['input-prompts']['digest']}"
+
+
+def keep_personal_gate(msg: Message, context: Context, gate: dict[str, torch.Tensor]) -> None:
+    """Keep this client's gate for the run of `msg` (dropping those of other runs)."""
+    key = _gate_key(msg)
+    for old in [k for k in context.state if k.startswith("personal-gate-") and k != key]:
+        del context.state[old]
+    context.state[key] = ArrayRecord({k: v.detach().cpu() for k, v in gate.items()})
+
+
+def personal_gate(msg: Message, context: Context) -> dict[str, torch.Tensor]:
+    """This client's own gate for the run of `msg` ({} before it first trained: it uses the pretrained one)."""
+    key = _gate_key(msg)
+    return context.state[key].to_torch_state_dict() if key in context.state else {}
+
+
+@app.query("personal_gate")
+def query_personal_gate(msg: Message, context: Context) -> Message:
+    """The server asks for this client's own gate after the last round (empty: it never trained)."""
+    content = RecordDict({"arrays": ArrayRecord(personal_gate(msg, context)),
+                          "metrics": MetricRecord({"partition-id": int(context.node_config["partition-id"])})})
+    return Message(content, reply_to=msg)
+
+
 @app.query()
 def query(msg: Message, context: Context) -> Message:
     """The server asks for this node's partition id (it samples clients by partition)."""
@@ -117,10 +152,13 @@ def train(msg: Message, context: Context) -> Message:
     pid = int(context.node_config["partition-id"])
     server_round = int(msg.content["config"]["server-round"])
     trainable = from_wire(msg.content["arrays"])
-    frozen = held_frozen_state(msg, context)
+    local = METHODS[cfg.method].local_gate
+    frozen = held_frozen_state(msg, context) | (personal_gate(msg, context) if local else {})
     fault = parse_faults(cfg.federation.inject_faults).get(pid)
     _before_training(fault, cfg)
-    state, metrics = local_train(cfg, pid, server_round, trainable, frozen)
+    state, metrics, gate = local_train(cfg, pid, server_round, trainable, frozen)
+    if local:
+        keep_personal_gate(msg, context, gate)
     state = _corrupt(fault, state)
     metrics["partition-id"] = pid
     return Message(RecordDict({"arrays": to_wire(state, cfg.federation.transport_dtype), "metrics": MetricRecord(metrics)}),

@@ -7,6 +7,11 @@ yet), rejects replies that errored or carry NaN/Inf or wrongly shaped arrays, av
 their example counts (Flower's FedAvg, or the server optimiser chosen), then scores the global adapter on the
 test split (per-task PPL, gate matrix), logs bytes sent/received per payload, the sampled partitions and the
 round time, and checkpoints. A restarted run continues after the last finished round.
+
+With local gate personalisation (`mops_personal_gate`) the global adapter is the experts with the pretrained
+gate; after the last round the server asks every client for the gate it kept (`personal_gates`, one-off) and
+scores each client's own gate with the final experts on the test split (`client_finals`: what the per-client
+scores of the report use), and saves those gates beside the adapter.
 """
 
 from __future__ import annotations
@@ -48,6 +53,21 @@ def ask_partitions(grid: Grid, nodes: list[int], timeout: float) -> dict[int, in
             for r in grid.send_and_receive(queries, timeout=timeout) if not r.has_error()}
 
 
+def personal_gates(grid: Grid, partitions: dict[int, int], frozen_digest: str, timeout: float
+                   ) -> tuple[dict[int, dict[str, torch.Tensor]], int]:
+    """Partition id -> the gate that client kept (clients that never trained answer none), and the bytes
+    received; `partitions`: node id -> partition id of the nodes to ask."""
+    queries = [Message(content=RecordDict({"input-prompts": ConfigRecord({"digest": frozen_digest})}), dst_node_id=n,
+                       message_type=f"{MessageType.QUERY}.personal_gate") for n in partitions]
+    gates, received = {}, 0
+    for reply in grid.send_and_receive(queries, timeout=timeout):
+        if reply.has_error() or not len(reply.content["arrays"]):
+            continue
+        received += reply.content["arrays"].count_bytes()
+        gates[partitions[reply.metadata.src_node_id]] = from_wire(reply.content["arrays"])
+    return gates, received
+
+
 class _Sampled:
     """The grid as Flower's strategy sees it during `configure_train`: only the nodes `MopsStrategy` sampled are
     connected, so the strategy (fraction_train 1) sends to exactly those."""
@@ -73,7 +93,8 @@ class MopsStrategy:
 
     Sampling (`sample`): int(`sample_fraction` x connected nodes) partitions, drawn by a generator seeded with
     (`seed`, absolute round) from the connected nodes' partition ids (asked once per node with a query
-    message); the strategy itself is built with fraction_train 1 and sends to exactly those."""
+    message; one that does not answer is asked again after 1, 2, 4, ... rounds); the strategy itself is built
+    with fraction_train 1 and sends to exactly those."""
 
     def __init__(self, frozen: ArrayRecord, reference: dict, round_offset: int, transport: str = "float32",
                  expertwise: bool = False, *, seed: int = 0, sample_fraction: float = 1.0,
@@ -85,15 +106,23 @@ class MopsStrategy:
         self.frozen_digest = digest(frozen.to_torch_state_dict())
         self.holders: set[int] = set()  # nodes that were sent P^1 and have not failed since
         self.partitions: dict[int, int] = {}  # node id -> partition id, as each node answered
+        self.silent: dict[int, tuple[int, int]] = {}  # node id -> (unanswered queries, round it may be asked again)
         self.stats: dict = {}
 
     def sample(self, server_round: int, grid: Grid) -> list[int]:
         """The nodes that train in absolute round `server_round`: the same partitions for every method of a seed
         (and after a resume) whatever node ids Flower gave them; a node that does not say its partition is
-        left out."""
+        left out; it is asked again after 1, 2, 4, ... rounds (each unanswered query waits `query_timeout`)."""
         nodes = list(grid.get_node_ids())
-        if unknown := [n for n in nodes if n not in self.partitions]:
-            self.partitions |= ask_partitions(grid, unknown, self.query_timeout)
+        due = [n for n in nodes if n not in self.partitions and self.silent.get(n, (0, 0))[1] <= server_round]
+        if due:
+            self.partitions |= ask_partitions(grid, due, self.query_timeout)
+            for n in due:
+                if n in self.partitions:
+                    self.silent.pop(n, None)
+                else:
+                    misses = self.silent.get(n, (0, 0))[0] + 1
+                    self.silent[n] = (misses, server_round + 2 ** (misses - 1))
         known = sorted((self.partitions[n], n) for n in nodes if n in self.partitions)
         k = min(len(known), max(1, int(len(nodes) * self.sample_fraction)))
         return [n for _, n in random.Random(self.seed * 1_000_003 + server_round).sample(known, k)]
@@ -232,8 +261,8 @@ def main(grid: Grid, context: Context) -> None:
     offset = _last_round(rounds_dir)
     if offset:
         model.load_adapter_state(load_file(str(rounds_dir / f"round-{offset}" / "adapter.safetensors")))
-    reference = trainable_state(model, METHODS[cfg.method].trains_gate)
-    frozen_tensors = frozen_state(model, METHODS[cfg.method].trains_gate)
+    reference = trainable_state(model, METHODS[cfg.method].gate_travels)
+    frozen_tensors = frozen_state(model, METHODS[cfg.method].gate_travels)
     frozen = ArrayRecord(frozen_tensors)
     rt.logger.log({"stage": "federation", "step": offset,
                    "clients_connected": wait_for_clients(grid, fed.num_clients, fed.round_timeout)})
@@ -275,10 +304,43 @@ def main(grid: Grid, context: Context) -> None:
         strategy.start(grid=grid, initial_arrays=ArrayRecord(reference), num_rounds=fed.rounds - offset,
                        timeout=fed.round_timeout, train_config=ConfigRecord(cfg.to_record()), evaluate_fn=after_round)
     rounds = [json.loads((rounds_dir / f"round-{n}" / "round.json").read_text()) for n in range(1, fed.rounds + 1)]
-    model.load_adapter_state(load_file(str(rounds_dir / f"round-{fed.rounds}" / "adapter.safetensors")))
+    final = load_file(str(rounds_dir / f"round-{fed.rounds}" / "adapter.safetensors"))
+    client_finals = None
+    if METHODS[cfg.method].local_gate:
+        file = out / "client_finals.json"
+        saved = json.loads(file.read_text()) if file.is_file() else {}
+        if saved.get("round") != fed.rounds:
+            saved = {"round": fed.rounds, "clients": score_personal_gates(grid, strategy, model, pipe, cfg, final, out)}
+            file.write_text(json.dumps(saved))
+        client_finals = saved["clients"]
+    model.load_adapter_state(final)
     model.save_pretrained(out / "adapter")
     results.methods[cfg.method] = MethodResult.from_dict(
         {"final": rounds[-1]["eval"], "losses": [r["client_loss"] for r in rounds], "rounds": rounds,
-         "trainable_parameters": sum(v.numel() for v in reference.values())})
+         "trainable_parameters": sum(v.numel() for v in reference.values()), "client_finals": client_finals})
     (out / "results.json").write_text(json.dumps(results.to_dict(), indent=2))
     rt.logger.close()
+
+
+def score_personal_gates(grid: Grid, strategy: MopsStrategy, model: MoPModel, pipe: Pipeline, cfg: FederatedRun,
+                         final: dict[str, torch.Tensor], out: Path) -> list[dict]:
+    """Per partition: the final experts with the gate that client kept (the pretrained one where it never
+    trained, or did not answer), scored on the test split: ``{"partition", "own_gate", "eval"}``. The gates
+    are saved under ``out/personal_gates``. Scored once per final round (``client_finals.json``): a resumed run
+    whose clients restarted (and so lost their gates) reads the scores instead of asking again."""
+    nodes = list(grid.get_node_ids())
+    strategy.partitions |= ask_partitions(grid, [n for n in nodes if n not in strategy.partitions], strategy.query_timeout)
+    asked = {n: strategy.partitions[n] for n in nodes if n in strategy.partitions}
+    gates, received = personal_gates(grid, asked, strategy.frozen_digest, min(60.0, cfg.federation.round_timeout))
+    folder = out / "personal_gates"
+    folder.mkdir(exist_ok=True)
+    scored = []
+    for pid in range(cfg.federation.num_clients):
+        model.load_adapter_state(final | gates.get(pid, {}))
+        if pid in gates:
+            save_file({k: v.contiguous() for k, v in gates[pid].items()}, str(folder / f"client-{pid}.safetensors"))
+        evaluation = pipe.evaluate(f"{cfg.method}_client-{pid}", cfg.federation.rounds)
+        scored.append({"partition": pid, "own_gate": pid in gates, "eval": evaluation.to_dict()})
+    pipe.rt.logger.log({"stage": "personal_gates", "step": cfg.federation.rounds, "clients_with_own_gate": len(gates),
+                        "bytes_received": received})
+    return scored

@@ -62,15 +62,15 @@ def shared_setup(cfg: FederatedRun) -> SharedSetup:
     return _shared(_setup_key(cfg))
 
 
-def trainable_state(model: MoPModel, trains_gate: bool = True) -> dict[str, torch.Tensor]:
+def trainable_state(model: MoPModel, gate_travels: bool = True) -> dict[str, torch.Tensor]:
     """What clients train and the server averages (a round's message): MoPs: the expert prompts (E*p, d) and
-    the gate (not when the method keeps it as pretrained: `trains_gate`); prompt tuning (no gate): with merge
+    the gate (unless the method keeps it as pretrained or on each client: `Method.gate_travels`); prompt tuning (no gate): with merge
     routing, the p prompts it trains (the experts' mean, (p, d): all the model uses of them without a gate),
     with attention routing all E*p slots."""
     cfg = model.config
     state = model.adapter_state()
     state.pop(FROZEN_KEY)
-    if not cfg.use_gate or not trains_gate:
+    if not cfg.use_gate or not gate_travels:
         state = {k: v for k, v in state.items() if not k.startswith("gate.")}
         if cfg.routing == "merge" and not cfg.use_gate:
             experts = state.pop("expert_prompts")
@@ -80,12 +80,16 @@ def trainable_state(model: MoPModel, trains_gate: bool = True) -> dict[str, torc
     return state
 
 
-def frozen_state(model: MoPModel, trains_gate: bool = True) -> dict[str, torch.Tensor]:
-    """What stays fixed through the rounds, which a client needs once: P^1, and the pretrained gate of a gated
-    method that does not train it (`mops_frozen_gate`)."""
-    state = model.adapter_state()
-    gate = {k: v for k, v in state.items() if k.startswith("gate.")} if model.config.use_gate and not trains_gate else {}
-    return {FROZEN_KEY: state[FROZEN_KEY], **gate}
+def gate_state(model: MoPModel) -> dict[str, torch.Tensor]:
+    """The gate's arrays (MLP and strength) of `model`'s adapter state."""
+    return {k: v for k, v in model.adapter_state().items() if k.startswith("gate.")}
+
+
+def frozen_state(model: MoPModel, gate_travels: bool = True) -> dict[str, torch.Tensor]:
+    """What a client needs once, not every round: P^1, and the pretrained gate of a gated method whose gate
+    does not travel (`mops_frozen_gate` keeps it, `mops_personal_gate` starts each client's own gate from it)."""
+    gate = gate_state(model) if model.config.use_gate and not gate_travels else {}
+    return {FROZEN_KEY: model.adapter_state()[FROZEN_KEY], **gate}
 
 
 def load_state(model: MoPModel, trainable: dict[str, torch.Tensor], frozen: dict[str, torch.Tensor]) -> None:

@@ -67,8 +67,10 @@ def metric_rows(result: RunResult, methods: Sequence[str], name: str) -> tuple[l
 
 
 def method_client_scores(result: RunResult, methods: Sequence[str]) -> dict[str, dict]:
-    """`client_scores` of each method's final evaluation on the run's client mixes, computed once."""
-    return {m: client_scores(result.methods[m].final, result.tasks, result.clients or []) for m in methods}
+    """`client_scores` of each method's final evaluation (per client where each client has its own gate) on
+    the run's client mixes, computed once."""
+    return {m: client_scores(result.methods[m].client_evaluations or result.methods[m].final, result.tasks,
+                             result.clients or []) for m in methods}
 
 
 def client_gains(reference: dict, method: dict) -> list[float]:
@@ -144,7 +146,8 @@ def write_run_report(run_dir: Path, result: RunResult, methods: Sequence[str]) -
     loss_curves({m: result.methods[m].losses for m in methods}, "training loss", run_dir / "loss.png")
     for m in (gated if result.clients else []):
         name = "gate_clients.png" if m == gated[0] else f"gate_clients_{m}.png"
-        routing = client_scores(result.methods[m].final, result.tasks, result.clients)["gate"]
+        routing = client_scores(result.methods[m].client_evaluations or result.methods[m].final, result.tasks,
+                                result.clients)["gate"]
         save_gate_heatmap(routing, [f"client {c}" for c in range(len(routing))],
                           f"{m}: gate mass per client (its task mix)", run_dir / name)
     if any(result.methods[m].rounds is not None for m in methods):
@@ -186,8 +189,8 @@ def bytes_per_round(results: Sequence[RunResult], method: str) -> float:
 def federated_summary(per_seed: dict[int, RunResult], methods: Sequence[str], data: str,
                       compress: str | None) -> dict:
     """`mops federate --seeds`: the overall paired gain of MoPs over FedPrompt per seed (percent, positive =
-    MoPs better), mean +- std, each method's bytes per round, and the per-task paired summary; {} without a
-    pair."""
+    MoPs better), mean +- std, each method's bytes per round, and the per-task paired summary (each pair with its
+    per-client gains under ``clients``); {} without a pair."""
     paired = seed_summary(per_seed, methods)
     if not paired:
         return {}
@@ -195,33 +198,40 @@ def federated_summary(per_seed: dict[int, RunResult], methods: Sequence[str], da
     out = {"data": data, "compress": compress, "seeds": list(per_seed), "per_seed": overall["per_seed"],
            "gain_mean": overall["mean"], "gain_std": overall["std"],
            "bytes_per_round": {m: bytes_per_round(list(per_seed.values()), m) for m in methods}, "paired": paired}
-    if all(r.clients for r in per_seed.values()):  # per seed: the mean and the spread of the per-client gains
-        ref, method = paired["reference"], paired["method"]
-        scores = [method_client_scores(r, (ref, method)) for r in per_seed.values()]
-        per_client = [client_gains(s[ref], s[method]) for s in scores]
-        means = [mean_std(g)["mean"] for g in per_client]
-        out["clients"] = {"gain_per_seed": means, **{f"gain_{k}": v for k, v in mean_std(means).items()},
-                          "spread_per_seed": [mean_std(g)["std"] for g in per_client]}
-        rouge = [client_rouge_differences(s[ref], s[method]) for s in scores]
-        if all(d is not None for d in rouge):  # ROUGE-L points, MoPs minus the reference, mean over clients
-            points = [mean_std(d)["mean"] for d in rouge]
-            out["clients"] |= {"rougeL_points_per_seed": points,
-                               **{f"rougeL_points_{k}": v for k, v in mean_std(points).items()}}
+    if all(r.clients for r in per_seed.values()):
+        out["clients"] = clients_summary(per_seed, paired["reference"], paired["method"])
+        for other in paired.get("others", {}).values():
+            other["clients"] = clients_summary(per_seed, other["reference"], other["method"])
     return out
 
 
-def _clients_sentence(summary: dict) -> str:
-    """The per-client line of a federated summary ('' without client mixes)."""
-    c = summary.get("clients")
+def clients_summary(per_seed: dict[int, RunResult], ref: str, method: str) -> dict:
+    """Per seed: the mean and the spread over clients of `method`'s per-client gain over `ref`; mean +- std over
+    seeds; the same for ROUGE-L points (`method` minus `ref`) where answers were scored."""
+    scores = [method_client_scores(r, (ref, method)) for r in per_seed.values()]
+    per_client = [client_gains(s[ref], s[method]) for s in scores]
+    means = [mean_std(g)["mean"] for g in per_client]
+    out = {"gain_per_seed": means, **{f"gain_{k}": v for k, v in mean_std(means).items()},
+           "spread_per_seed": [mean_std(g)["std"] for g in per_client]}
+    rouge = [client_rouge_differences(s[ref], s[method]) for s in scores]
+    if all(d is not None for d in rouge):
+        points = [mean_std(d)["mean"] for d in rouge]
+        out |= {"rougeL_points_per_seed": points, **{f"rougeL_points_{k}": v for k, v in mean_std(points).items()}}
+    return out
+
+
+def _clients_sentence(pair: dict) -> str:
+    """The per-client line of one pair of a federated summary ('' without client mixes)."""
+    c, ref, method = pair.get("clients"), pair["reference"], pair["method"]
     if not c:
         return ""
-    text = (f"\nPer client (PPL on its own task mix), mean gain over clients: {c['gain_mean']:+.2f} +- "
-            f"{c['gain_std']:.2f}% over seeds (per seed: {' '.join(f'{g:+.2f}' for g in c['gain_per_seed'])}; "
-            f"spread across clients per seed: {' '.join(f'{s:.2f}' for s in c['spread_per_seed'])})")
+    text = (f"\nPer client (PPL on its own task mix), {method} vs {ref}, mean gain over clients: "
+            f"{c['gain_mean']:+.2f} +- {c['gain_std']:.2f}% over seeds (per seed: "
+            f"{' '.join(f'{g:+.2f}' for g in c['gain_per_seed'])}; spread across clients per seed: "
+            f"{' '.join(f'{s:.2f}' for s in c['spread_per_seed'])})")
     if "rougeL_points_mean" in c:
-        text += (f"; ROUGE-L on its mix, {summary['paired']['method']} minus {summary['paired']['reference']}: "
-                 f"{c['rougeL_points_mean']:+.2f} +- {c['rougeL_points_std']:.2f} points (per seed: "
-                 f"{' '.join(f'{g:+.2f}' for g in c['rougeL_points_per_seed'])})")
+        text += (f"; ROUGE-L on its mix, {method} minus {ref}: {c['rougeL_points_mean']:+.2f} +- "
+                 f"{c['rougeL_points_std']:.2f} points (per seed: {' '.join(f'{g:+.2f}' for g in c['rougeL_points_per_seed'])})")
     return text + ".\n"
 
 
@@ -235,4 +245,5 @@ def federated_summary_markdown(summary: dict) -> str:
             + " ".join(f"{g:+.2f}" for g in summary["per_seed"])
             + f"). Bytes per round (sent + received, every payload with the one-off P^1, mean over rounds and "
             + f"seeds; x {summary['paired']['reference']}): {traffic}.\n"
-            + _clients_sentence(summary))
+            + _clients_sentence({**summary["paired"], "clients": summary.get("clients")})
+            + "".join(_clients_sentence(other) for other in summary["paired"].get("others", {}).values()))

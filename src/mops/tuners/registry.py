@@ -42,6 +42,7 @@ class Method:
     uses_gate: bool = False  # experts weighted per input by the gate (else the slots are one prompt set)
     gate_start: str = "pretrained"  # the gate it starts from: after gate pretraining, or "random" (as initialised)
     trains_gate: bool = True  # with uses_gate: the gate MLP trains (False: it stays as it started)
+    local_gate: bool = False  # federated: each client trains and keeps its own gate; only the experts travel
     routes_by_task: bool = False  # each input goes to the expert of its task label (the oracle; gate unused)
     peft: str | None = None  # a peft adapter attached to the base while it trains: lora or ia3
     trains_prompts: bool = True  # False: the slots stay at P^1, only the peft weights train
@@ -57,6 +58,12 @@ class Method:
         """The frozen-prefix cache is exact while nothing below the injection layer trains: prompt methods, and
         MoPs on a frozen peft model (its cache is keyed by those frozen weights too)."""
         return self.peft is None or self.on_frozen is not None
+
+    @property
+    def gate_travels(self) -> bool:
+        """Federated: the gate is part of every round's message (trained by clients and averaged). Otherwise
+        a gated method's clients get the pretrained gate once, with P^1."""
+        return self.uses_gate and self.trains_gate and not self.local_gate
 
     def lr(self, settings: object) -> float:
         """Its learning rate from a `TrainConfig`."""
@@ -107,8 +114,11 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("fedprompt", "federated prompt tuning (no gate): the federated baseline", "baseline_lr", "lr",
            centralised=False, federated=True),
     Method("mops_frozen_gate", "federated MoPs whose gate stays as pretrained (clients get it once, with P^1): "
-           "only the experts travel each round", "lr", uses_gate=True, trains_gate=False, compared_to=("fedprompt",), centralised=False,
-           federated=True),
+           "only the experts travel each round", "lr", uses_gate=True, trains_gate=False, compared_to=("fedprompt",),
+           centralised=False, federated=True),
+    Method("mops_personal_gate", "federated MoPs with local gate personalisation: each client trains its own copy of "
+           "the pretrained gate and keeps it; only the experts travel each round (scored per client with its gate)",
+           "lr", uses_gate=True, local_gate=True, compared_to=("fedprompt",), centralised=False, federated=True),
     # controls: where MoPs' gain comes from (each paired with the baseline of the same run)
     Method("oracle", "control: MoPs' experts routed by the task label (expert = task, one-hot; no gate): the "
            "routing ceiling", "lr", uses_gate=True, trains_gate=False, routes_by_task=True, compared_to=("baseline",)),
