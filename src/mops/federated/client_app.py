@@ -57,15 +57,16 @@ def local_train(cfg: FederatedRun, pid: int, server_round: int, trainable: dict[
                 frozen: dict[str, torch.Tensor]
                 ) -> tuple[dict[str, torch.Tensor], dict[str, float], dict[str, torch.Tensor]]:
     """Train the global arrays (from `frozen`: P^1 and a gate that does not travel) on partition `pid`;
-    returns the new arrays, metrics and the gate as trained (the client keeps it where the method's gate is
-    local)."""
+    returns the new arrays, metrics and, where the method's gate is local, the gate as trained (the client
+    keeps it; {} otherwise)."""
     setup = shared_setup(cfg)
     data = setup.encoded_partition(pid)
     model = MoPModel(setup.base, cfg.mop_config(setup.splits.tasks))
     model.set_stage("mop")
     load_state(model, trainable, frozen)
     tcfg = cfg.train_config(cfg.federation.local_steps, seed=cfg.seed * 100_003 + server_round * 1009 + pid)
-    groups = METHODS[cfg.method].param_groups(model, tcfg)
+    method = METHODS[cfg.method]
+    groups = method.param_groups(model, tcfg)
     rt = Runtime(Accelerator(cpu=not torch.cuda.is_available()), RunLogger(Path("."), enabled=False), progress=False)
     pad_id = setup.base.tokenizer.pad_token_id
     cache = open_prefix_cache(model, data, pad_id, tcfg.cache_dtype)
@@ -90,7 +91,8 @@ def local_train(cfg: FederatedRun, pid: int, server_round: int, trainable: dict[
 
     losses = train_steps(model, f"client-{pid}", groups, data, tcfg.steps, tcfg, rt, pad_id, logits_fn=logits_fn,
                          regulariser=proximal if mu else None)
-    state, gate = trainable_state(model, METHODS[cfg.method].gate_travels), gate_state(model)
+    state = trainable_state(model, method.gate_travels)
+    gate = gate_state(model) if method.local_gate else {}
     model.unload()
     metrics = {"num-examples": len(data), "loss": mean_loss(losses), "seconds": time.perf_counter() - t0}
     if mass.sum() > 0:  # the share of its trained examples' gate weight each expert got: (E,), sums to 1
@@ -98,14 +100,19 @@ def local_train(cfg: FederatedRun, pid: int, server_round: int, trainable: dict[
     return state, metrics, gate
 
 
+def _replace(context: Context, prefix: str, key: str, record: ArrayRecord) -> None:
+    """Keep `record` under `key` in the node's state, dropping what earlier runs kept under `prefix`."""
+    for old in [k for k in context.state if k.startswith(prefix) and k != key]:
+        del context.state[old]
+    context.state[key] = record
+
+
 def held_frozen_state(msg: Message, context: Context) -> dict[str, torch.Tensor]:
     """The run's frozen state (P^1, and a gate the method keeps frozen): from the message (then kept in the
     node's state for later rounds) or from the state."""
     key = f"input-prompts-{msg.content['input-prompts']['digest']}"
     if "frozen" in msg.content:
-        for old in [k for k in context.state if k.startswith("input-prompts-") and k != key]:
-            del context.state[old]
-        context.state[key] = msg.content["frozen"]
+        _replace(context, "input-prompts-", key, msg.content["frozen"])
     if key not in context.state:
         raise RuntimeError(f"this client does not hold the input prompts {key} (restarted?); the server sends "
                            "them again the next time it samples this client")
@@ -119,10 +126,7 @@ def _gate_key(msg: Message) -> str:
 
 def keep_personal_gate(msg: Message, context: Context, gate: dict[str, torch.Tensor]) -> None:
     """Keep this client's gate for the run of `msg` (dropping those of other runs)."""
-    key = _gate_key(msg)
-    for old in [k for k in context.state if k.startswith("personal-gate-") and k != key]:
-        del context.state[old]
-    context.state[key] = ArrayRecord({k: v.detach().cpu() for k, v in gate.items()})
+    _replace(context, "personal-gate-", _gate_key(msg), ArrayRecord({k: v.detach().cpu() for k, v in gate.items()}))
 
 
 def personal_gate(msg: Message, context: Context) -> dict[str, torch.Tensor]:

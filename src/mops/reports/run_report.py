@@ -146,8 +146,7 @@ def write_run_report(run_dir: Path, result: RunResult, methods: Sequence[str]) -
     loss_curves({m: result.methods[m].losses for m in methods}, "training loss", run_dir / "loss.png")
     for m in (gated if result.clients else []):
         name = "gate_clients.png" if m == gated[0] else f"gate_clients_{m}.png"
-        routing = client_scores(result.methods[m].client_evaluations or result.methods[m].final, result.tasks,
-                                result.clients)["gate"]
+        routing = method_client_scores(result, [m])[m]["gate"]
         save_gate_heatmap(routing, [f"client {c}" for c in range(len(routing))],
                           f"{m}: gate mass per client (its task mix)", run_dir / name)
     if any(result.methods[m].rounds is not None for m in methods):
