@@ -199,6 +199,18 @@ def test_stage_store_shares_baseline_across_gate_variants_and_log_records_both(t
     assert rec["gain_percent"]["overall"] == pytest.approx([100 * (x - y) / x for x, y in zip(base, mop)])
     index = (log / "index.md").read_text()
     assert "[half-strength](../runs/half-strength)" in index and "half strength" in index
+    # across the two folders: the same base, data order and test set, so `mops compare` pairs them
+    out = run_cli("compare", f"{first}:mops", f"{second}:mops", "-o", str(tmp_path / "cmp.json"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    cmp = json.loads((tmp_path / "cmp.json").read_text())
+    ours = [json.loads((run / f"seed-{s}" / "results.json").read_text())["mops"]["final"]["ppl"]["overall"]["ppl"]
+            for s in (0, 1) for run in (first, second)]
+    assert cmp["paired"]["gain_percent"]["overall"]["per_seed"] == pytest.approx(
+        [100 * (x - y) / x for x, y in zip(ours[::2], ours[1::2])])
+    assert cmp["settings_differ"] == {"mop.gate_strength": [1.0, 0.5], "train.gate_pretrain_smoothing": [0.0, 0.2]}
+    assert "mops@reference" in (tmp_path / "cmp.md").read_text() and "mop.gate_strength: 1.0 -> 0.5" in out.stderr
+    bad = run_cli("compare", f"{first}:mops", f"{second}:lora")
+    assert bad.returncode == 2 and bad.stderr.count("\n") <= 2 and "no method 'lora'" in bad.stderr
     bad = run_cli("train", "--model", str(tiny_model_dir), "--gate-strength", "strong", "-o", str(tmp_path / "x"))
     assert bad.returncode == 2 and "--gate-strength" in bad.stderr and "not a valid float" in bad.stderr
 

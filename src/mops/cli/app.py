@@ -10,6 +10,7 @@ from rich.markup import escape
 
 from mops.cli import data_cmd
 from mops.cli.common import JsonOpt, console, emit_json
+from mops.cli.compare_cmd import compare_command
 from mops.cli.compress_cmd import compress_command, sweep_command
 from mops.cli.eval_cmd import eval_command
 from mops.cli.federate_cmd import federate_command
@@ -30,6 +31,7 @@ app.command("compress")(compress_command)
 app.command("compress-sweep")(sweep_command)
 app.command("federate")(federate_command)
 app.command("reproduce")(reproduce_command)
+app.command("compare")(compare_command)
 
 
 @app.command("models")
