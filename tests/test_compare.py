@@ -85,7 +85,8 @@ def test_cli_errors_are_one_line_with_status_2(tmp_path):
         assert "Traceback" not in out.stderr
 
 
-def test_labels_name_the_folder_only_where_both_sides_ran_the_same_method():
-    assert labels((Path("a"), "baseline"), (Path("b"), "mops")) == ("baseline", "mops")
-    assert labels((Path("r/x"), "baseline"), (Path("r/y"), "baseline")) == ("baseline@x", "baseline@y")
+def test_labels_name_the_folder_wherever_the_sides_come_from_two():
+    assert labels((Path("a"), "baseline"), (Path("a"), "mops")) == ("baseline", "mops")
+    assert labels((Path("r/x"), "baseline"), (Path("r/y"), "mops")) == ("baseline@x", "mops@y")
     assert labels((Path("x"), "mops"), (Path("x"), "mops")) == ("mops@A", "mops@B")
+    assert labels((Path("p/x"), "mops"), (Path("q/x"), "mops")) == ("mops@x@A", "mops@x@B")

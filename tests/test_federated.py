@@ -208,6 +208,22 @@ def test_clients_are_sampled_by_partition_the_same_for_every_run_of_a_seed(monke
     assert silent.asked.count(5) == 4 and all(silent.asked.count(n) == 1 for n in (1, 2, 3, 4))
 
 
+def test_final_scoring_asks_every_node_still_unknown_and_keeps_the_back_off(monkeypatch) -> None:
+    for name in ("_run_id", "_node_id", "_task_id"):  # what Flower sets in a ServerApp process
+        monkeypatch.setattr(TaskIdentity, name, 1)
+    strategy = MopsFedAvg(ArrayRecord({FROZEN_KEY: torch.randn(3, 8)}), {"prompts": torch.zeros(3, 8)}, 0, seed=0,
+                          sample_fraction=0.5, fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=1,
+                          min_available_nodes=1)
+    grid = _Nodes({1: 0, 2: 1}, connected=[1, 2, 3])
+    assert strategy.discover(grid, [1, 2, 3], server_round=1) == {1: 0, 2: 1} and strategy.silent[3] == (1, 2)
+    assert strategy.discover(grid, [1, 2, 3], server_round=1) == {1: 0, 2: 1} and grid.asked.count(3) == 1  # not due
+    assert strategy.discover(grid, [1, 2, 3]) == {1: 0, 2: 1} and grid.asked.count(3) == 2  # asked: final scoring
+    assert strategy.silent[3] == (1, 2)
+    grid.partitions[3] = 2
+    assert strategy.discover(grid, [1, 2, 3]) == {1: 0, 2: 1, 3: 2} and 3 not in strategy.silent
+    assert grid.asked.count(1) == 1 and strategy.discover(grid, [2]) == {2: 1}
+
+
 def test_input_prompts_travel_once_per_client_and_again_after_a_failure(monkeypatch) -> None:
     for name in ("_run_id", "_node_id", "_task_id"):  # what Flower sets in a ServerApp process
         monkeypatch.setattr(TaskIdentity, name, 1)

@@ -109,21 +109,28 @@ class MopsStrategy:
         self.silent: dict[int, tuple[int, int]] = {}  # node id -> (unanswered queries, round it may be asked again)
         self.stats: dict = {}
 
-    def sample(self, server_round: int, grid: Grid) -> list[int]:
-        """The nodes that train in absolute round `server_round`: the same partitions for every method of a seed
-        (and after a resume) whatever node ids Flower gave them; a node that does not say its partition is
-        left out; it is asked again after 1, 2, 4, ... rounds (each unanswered query waits `query_timeout`)."""
-        nodes = list(grid.get_node_ids())
-        due = [n for n in nodes if n not in self.partitions and self.silent.get(n, (0, 0))[1] <= server_round]
+    def discover(self, grid: Grid, nodes: list[int], server_round: int | None = None) -> dict[int, int]:
+        """Node id -> partition for the `nodes` that said theirs. Nodes not known yet are asked: those due in
+        `server_round` (a silent node is asked again after 1, 2, 4, ... rounds), or every one (None: the final
+        scoring). Each unanswered query waits `query_timeout`."""
+        due = [n for n in nodes if n not in self.partitions
+               and (server_round is None or self.silent.get(n, (0, 0))[1] <= server_round)]
         if due:
             self.partitions |= ask_partitions(grid, due, self.query_timeout)
             for n in due:
                 if n in self.partitions:
                     self.silent.pop(n, None)
-                else:
+                elif server_round is not None:
                     misses = self.silent.get(n, (0, 0))[0] + 1
                     self.silent[n] = (misses, server_round + 2 ** (misses - 1))
-        known = sorted((self.partitions[n], n) for n in nodes if n in self.partitions)
+        return {n: self.partitions[n] for n in nodes if n in self.partitions}
+
+    def sample(self, server_round: int, grid: Grid) -> list[int]:
+        """The nodes that train in absolute round `server_round`: the same partitions for every method of a seed
+        (and after a resume) whatever node ids Flower gave them; a node that does not say its partition is
+        left out (and asked again later: `discover`)."""
+        nodes = list(grid.get_node_ids())
+        known = sorted((p, n) for n, p in self.discover(grid, nodes, server_round).items())
         k = min(len(known), max(1, int(len(nodes) * self.sample_fraction)))
         return [n for _, n in random.Random(self.seed * 1_000_003 + server_round).sample(known, k)]
 
@@ -328,9 +335,7 @@ def score_personal_gates(grid: Grid, strategy: MopsStrategy, model: MoPModel, pi
     trained, or did not answer), scored on the test split: ``{"partition", "own_gate", "eval"}``. The gates
     are saved under ``out/personal_gates``. Scored once per final round (``client_finals.json``): a resumed run
     whose clients restarted (and so lost their gates) reads the scores instead of asking again."""
-    nodes = list(grid.get_node_ids())
-    strategy.partitions |= ask_partitions(grid, [n for n in nodes if n not in strategy.partitions], strategy.query_timeout)
-    asked = {n: strategy.partitions[n] for n in nodes if n in strategy.partitions}
+    asked = strategy.discover(grid, list(grid.get_node_ids()))
     gates, received = personal_gates(grid, asked, strategy.frozen_digest, min(60.0, cfg.federation.round_timeout))
     folder = out / "personal_gates"
     folder.mkdir(exist_ok=True)

@@ -136,11 +136,11 @@ def setting_differences(ra: RunResult, rb: RunResult) -> dict[str, list]:
 
 
 def labels(a: tuple[Path, str], b: tuple[Path, str]) -> tuple[str, str]:
-    """Table labels: the method names, with their folder's name where both sides ran the same method."""
-    if a[1] != b[1]:
-        return a[1], b[1]
+    """Table labels: the method names within one folder; across folders each with its folder's name."""
+    if a[0] == b[0]:
+        return (a[1], b[1]) if a[1] != b[1] else (f"{a[1]}@A", f"{b[1]}@B")
     la, lb = f"{a[1]}@{a[0].name}", f"{b[1]}@{b[0].name}"
-    return (la, lb) if la != lb else (f"{a[1]}@A", f"{b[1]}@B")
+    return (la, lb) if la != lb else (f"{la}@A", f"{lb}@B")
 
 
 def compare_runs(reference: str, method: str) -> dict:
