@@ -1,4 +1,5 @@
-"""Where mops keeps converted models and other caches (`MOPS_HOME`, default `~/.cache/mops`)."""
+"""Where mops keeps converted models and other caches (`MOPS_HOME`, default `~/.cache/mops`), and the name of
+a run folder's settings record."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+
+RUN_CONFIG = "run_config.json"  # a `mops train` folder's settings (beside seed-N/ for several seeds)
 
 
 def mops_home() -> Path:

@@ -64,9 +64,9 @@ def shared_setup(cfg: FederatedRun) -> SharedSetup:
 
 def trainable_state(model: MoPModel, gate_travels: bool = True) -> dict[str, torch.Tensor]:
     """What clients train and the server averages (a round's message): MoPs: the expert prompts (E*p, d) and
-    the gate (unless the method keeps it as pretrained or on each client: `Method.gate_travels`); prompt tuning (no gate): with merge
-    routing, the p prompts it trains (the experts' mean, (p, d): all the model uses of them without a gate),
-    with attention routing all E*p slots."""
+    the gate (unless the method keeps it as pretrained or on each client: `Method.gate_travels`); prompt tuning
+    (no gate): with merge routing, the p prompts it trains (the experts' mean, (p, d): all the model uses of them
+    without a gate), with attention routing all E*p slots."""
     cfg = model.config
     state = model.adapter_state()
     state.pop(FROZEN_KEY)

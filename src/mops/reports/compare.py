@@ -20,10 +20,10 @@ from typing import Any, Callable
 from mops.errors import ConfigError
 from mops.evaluation.results import OVERALL, RunResult
 from mops.reports.run_report import clients_summary, summary_markdown
+from mops.paths import RUN_CONFIG
 from mops.reports.stats import mean_std, paired_summary
 from mops.settings import flat
 
-RUN_CONFIG = "run_config.json"  # the multi-seed `mops train` record of data settings (beside seed-N/)
 TRAIN_ORDER = ("seed", "steps", "batch_size", "grad_accum", "group_by_length")  # what fixes the data order
 DATA_FIELDS = ("data", "tasks", "total", "max_length", "template")
 FEDERATION_SAMPLING = ("num_clients", "clients_per_round", "rounds", "local_steps", "partition", "skew_factor",

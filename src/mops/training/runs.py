@@ -15,14 +15,13 @@ from mops.data.config import DataConfig
 from mops.errors import ConfigError
 from mops.evaluation.results import RunResult
 from mops.models.config import ModelConfig
+from mops.paths import RUN_CONFIG
 from mops.progress import console
 from mops.settings import changed_settings
 from mops.reports.run_report import comparison_rows, seed_summary, summary_markdown
 from mops.reports.tables import rich_table
 from mops.training.config import TrainConfig
 from mops.tuners.mops.config import MoPConfig
-
-RUN_CONFIG = "run_config.json"
 
 
 @dataclass
