@@ -75,6 +75,23 @@ def tiny_model(
     return model.eval()
 
 
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@pytest.fixture
+def device() -> torch.device:
+    """Where the core equivalence tests run: the GPU when one is visible (benchmarks/gpu_run.sh runs them
+    there), else the CPU."""
+    return DEVICE
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """Tests that take the `device` fixture are marked `device` (`pytest -m device`: the GPU's share)."""
+    for item in items:
+        if "device" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.device)
+
+
 def save_tiny_model(path: Path, tokenizer, arch: str = "llama") -> Path:
     """A tiny model of `arch` saved as a HF model folder (safetensors + tokenizer)."""
     tiny_model(arch).save_pretrained(path)

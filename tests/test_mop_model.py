@@ -16,19 +16,27 @@ from tests.conftest import ARCHS, tiny_model
 IMPLS = ("sdpa", "eager")
 
 
-def make_mop(arch="llama", attn="sdpa", tokenizer=None, seed=0, **cfg) -> MoPModel:
+def make_mop(arch="llama", attn="sdpa", tokenizer=None, seed=0, device="cpu", **cfg) -> MoPModel:
+    """A MoP model on a tiny random `arch` model placed on `device` (the `device` fixture: the GPU if any)."""
     settings = {"num_experts": 3, "prompts_per_expert": 2, "injection_layer": 2, "routing": "attention", **cfg}
-    base = BaseModel(tiny_model(arch, attn=attn, seed=seed), tokenizer, f"tiny-{arch}", "memory")
+    base = BaseModel(tiny_model(arch, attn=attn, seed=seed).to(device), tokenizer, f"tiny-{arch}", "memory")
     return MoPModel(base, MoPConfig(**settings))
 
 
-def batch(seed=0):
+def batch(seed=0, device="cpu"):
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(5, 300, (3, 11), generator=gen)
     mask = torch.ones_like(ids)
     mask[1, 7:] = 0
     mask[2, 4:] = 0
-    return ids, mask
+    return ids.to(device), mask.to(device)
+
+
+def test_trainable_parts_live_on_the_base_device(device):
+    """Prompts, master copies and gate sit where the base does (a CPU copy would fail every GPU step)."""
+    mop = make_mop(device=device, routing="merge")
+    assert {p.device.type for p in mop.parameters()} == {device.type}
+    assert mop.expert_prompts.dtype == mop.input_prompts.dtype == torch.float32
 
 
 def peak_gate(model: MoPModel, expert: int, strength: float = 8.0) -> None:
@@ -39,17 +47,17 @@ def peak_gate(model: MoPModel, expert: int, strength: float = 8.0) -> None:
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_layer0_no_gate_equals_peft_prompt_tuning(arch):
-    mop = make_mop(arch, injection_layer=0, use_gate=False, prompt_init="random")
+def test_layer0_no_gate_equals_peft_prompt_tuning(arch, device):
+    mop = make_mop(arch, injection_layer=0, use_gate=False, prompt_init="random", device=device)
     # Gemma 3's sliding window must cover prompts + tokens here: peft lets virtual tokens slide out of the
     # window, mops keeps the slots visible to every token (test_slots_stay_visible_in_sliding_window_layers).
     mop.lm.config.sliding_window = 64
     reference = get_peft_model(
-        tiny_model(arch, sliding_window=64), PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=6)
+        tiny_model(arch, sliding_window=64).to(device), PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=6)
     )
     with torch.no_grad():
         reference.prompt_encoder["default"].embedding.weight.copy_(mop.expert_prompts)
-    ids, mask = batch()
+    ids, mask = batch(device=device)
     ours = mop(ids, mask)
     theirs = reference(input_ids=ids, attention_mask=mask).logits[:, -ids.shape[1] :]
     valid = mask.bool()
@@ -69,10 +77,10 @@ def test_slots_stay_visible_in_sliding_window_layers(attn):
 
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("attn", IMPLS)
-def test_neutral_gate_equals_no_gate_and_gate_changes_logits(arch, attn):
-    gated = make_mop(arch, attn, gate_mode="scaled")
-    plain = make_mop(arch, attn, use_gate=False)
-    ids, mask = batch()
+def test_neutral_gate_equals_no_gate_and_gate_changes_logits(arch, attn, device):
+    gated = make_mop(arch, attn, gate_mode="scaled", device=device)
+    plain = make_mop(arch, attn, use_gate=False, device=device)
+    ids, mask = batch(device=device)
     valid = mask.bool()
     peak_gate(gated, 0, strength=0.0)  # uniform weights: E * g = 1, a zero bias
     torch.testing.assert_close(gated(ids, mask)[valid], plain(ids, mask)[valid], rtol=1e-5, atol=1e-5)
@@ -106,12 +114,13 @@ def test_untrained_model_equals_frozen_input_prompt_model():
 
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("attn", IMPLS)
-def test_mixed_length_batch_equals_one_by_one(arch, attn):
-    mop = make_mop(arch, attn)
+@pytest.mark.parametrize("routing", ["attention", "merge"])
+def test_mixed_length_batch_equals_one_by_one(arch, attn, routing, device):
+    mop = make_mop(arch, attn, device=device, routing=routing)
     peak_gate(mop, 2, strength=3.0)
     with torch.no_grad():
         mop.gate.fc1.weight.normal_(0, 0.5)  # input-dependent gate
-    ids, mask = batch()
+    ids, mask = batch(device=device)
     together = mop(ids, mask)
     for row in range(ids.shape[0]):
         n = int(mask[row].sum())
@@ -152,20 +161,21 @@ def test_gradients_reach_only_prompts_and_gate_and_base_stays_bit_identical():
     assert torch.equal(p1, mop.input_prompts)
 
 
-def test_generation_cache_and_left_padding(tiny_tokenizer):
-    mop = make_mop(tokenizer=tiny_tokenizer)
+def test_generation_cache_and_left_padding(tiny_tokenizer, device):
+    mop = make_mop(tokenizer=tiny_tokenizer, device=device)
     peak_gate(mop, 1, strength=2.0)
     with torch.no_grad():
         mop.gate.fc1.weight.normal_(0, 0.5)
     tok = Tokenizer(tiny_tokenizer, ["t"], 64)
     prompts = tok.encode_all([Example("t", "Name a colour.", "", "x"), Example("t", "Say something long about rivers and mills.", "", "x")], prompt_only=True)
-    b = collate(prompts, pad_id=0, left_pad=True)
+    b = {k: v.to(device) for k, v in collate(prompts, pad_id=0, left_pad=True).items()}
     kw = dict(max_new_tokens=6, do_sample=False, min_new_tokens=6)
     cached = mop.generate(b["input_ids"], b["attention_mask"], **kw)
     uncached = mop.generate(b["input_ids"], b["attention_mask"], use_cache=False, **kw)
     assert torch.equal(cached, uncached)
     for row, enc in enumerate(prompts):
-        single = mop.generate(torch.tensor([enc.input_ids]), torch.ones(1, len(enc.input_ids), dtype=torch.long), **kw)
+        single = mop.generate(torch.tensor([enc.input_ids], device=device),
+                              torch.ones(1, len(enc.input_ids), dtype=torch.long, device=device), **kw)
         assert torch.equal(single[0], cached[row])
 
 
@@ -217,3 +227,41 @@ def test_unload_restores_the_plain_model():
     lm = mop.unload()
     assert lm.config._attn_implementation == "sdpa"
     torch.testing.assert_close(lm(input_ids=ids, attention_mask=mask).logits, plain)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_merge_routing_leaves_the_model_mask_alone_except_in_sliding_layers(arch, monkeypatch):
+    """Merge routing adds no bias: only sliding-window layers (Gemma 3's) get an edited mask; every other
+    layer gets the model's own, so SDPA can pick its fused kernels."""
+    from mops.tuners.mops import attention
+
+    edited: list[int] = []
+    real = attention.slot_mask
+    monkeypatch.setattr(attention, "slot_mask", lambda mask, state, layer, *a: edited.append(layer) or real(mask, state, layer, *a))
+    mop = make_mop(arch, routing="merge")
+    ids, mask = batch()
+    mop(ids, mask)
+    sliding = [i for i, layer in enumerate(mop.layers) if getattr(layer.self_attn, "sliding_window", None) is not None]
+    assert sorted(set(edited)) == sliding and (arch != "gemma3" or sliding)
+
+
+def test_bf16_compute_trains_fp32_master_prompts_as_far_as_fp32(device):
+    """A bf16 base computes in bf16 while the prompts and gate (and AdamW's moments) stay fp32: after a few
+    steps at a small learning rate the prompts moved as far as in an fp32 run (bf16 prompts would round
+    most of these updates away)."""
+    moved = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        mop = make_mop(routing="merge", device=device)
+        mop.lm.to(dtype)
+        start = mop.expert_prompts.detach().clone()
+        params = mop.set_stage("mop")
+        opt = torch.optim.AdamW(params, lr=1e-4)
+        ids, mask = batch(device=device)
+        for _ in range(4):
+            mop(ids, mask)[mask.bool()].float().logsumexp(-1).mean().backward()
+            opt.step()
+            opt.zero_grad()
+        assert mop.expert_prompts.dtype == torch.float32 and all(p.dtype == torch.float32 for p in params)
+        moved[dtype] = (mop.expert_prompts.detach() - start).norm().item()
+    assert moved[torch.float32] > 0
+    assert moved[torch.bfloat16] == pytest.approx(moved[torch.float32], rel=0.2)

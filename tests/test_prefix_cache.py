@@ -21,16 +21,16 @@ def encoded(tokenizer):
 
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("num_input_prompts", [None, 0])
-def test_cached_loss_and_gradients_equal_uncached(arch, num_input_prompts, tiny_tokenizer, tmp_path):
-    mop = make_mop(arch, tokenizer=tiny_tokenizer, num_input_prompts=num_input_prompts)
+def test_cached_loss_and_gradients_equal_uncached(arch, num_input_prompts, tiny_tokenizer, tmp_path, device):
+    mop = make_mop(arch, tokenizer=tiny_tokenizer, num_input_prompts=num_input_prompts, device=device)
     peak_gate(mop, 1, strength=2.0)
     with torch.no_grad():
         mop.gate.fc1.weight.normal_(0, 0.5)
     enc = encoded(tiny_tokenizer)
     cache = open_prefix_cache(mop, enc, pad_id=0, root=tmp_path)
     idx = [3, 0, 7, 5]
-    b = device_batch([enc[i] for i in idx], idx, 0, "cpu")
-    pos = loss_positions(b["labels"])
+    b = device_batch([enc[i] for i in idx], idx, 0, device)
+    pos = b["positions"]
     losses, grads = [], []
     for fn in (mop_logits_fn(mop), mop_logits_fn(mop, cache)):
         nll, count = token_nll(fn(b, pos), b["labels"], pos)

@@ -35,6 +35,23 @@ def setup(tokenizer, tmp_path, **cfg):
     return model, data, rt, groups, TrainConfig(**{"steps": 6, "batch_size": 3, "checkpoint_every": 2, **cfg})
 
 
+def diverge_at(update: int, model: MoPModel, monkeypatch):
+    """Make AdamW's `update`-th step leave a NaN in the expert prompts; returns the real `step`."""
+    real_step = torch.optim.AdamW.step
+    calls = {"n": 0}
+
+    def diverging_step(self, *a, **k):
+        out = real_step(self, *a, **k)
+        calls["n"] += 1
+        if calls["n"] == update:
+            with torch.no_grad():
+                model.expert_prompts[0, 0] = float("nan")
+        return out
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", diverging_step)
+    return real_step
+
+
 def test_sampler_is_a_function_of_seed_and_step():
     first = [step_indices(10, 4, s, seed=3) for s in range(5)]
     assert first == [step_indices(10, 4, s, seed=3) for s in range(5)]
@@ -84,18 +101,7 @@ def test_kill_and_resume_gives_the_same_loss_curve(tiny_tokenizer, tmp_path, mon
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_tokenizer, tmp_path, monkeypatch):
     model, data, rt, groups, cfg = setup(tiny_tokenizer, tmp_path, checkpoint_every=1)
-    real_step = torch.optim.AdamW.step
-    calls = {"n": 0}
-
-    def diverging_step(self, *a, **k):  # the second update diverges
-        out = real_step(self, *a, **k)
-        calls["n"] += 1
-        if calls["n"] == 2:
-            with torch.no_grad():
-                model.expert_prompts[0, 0] = float("nan")
-        return out
-
-    monkeypatch.setattr(torch.optim.AdamW, "step", diverging_step)
+    real_step = diverge_at(2, model, monkeypatch)  # the second update diverges
     with pytest.raises(TrainingError, match=r"non-finite in the update of step 2. Last good checkpoint: .*step-000001"):
         train_steps(model, "mops", groups, data, cfg.steps, cfg, rt, 0, tmp_path / "ckpt")
     with torch.no_grad():
@@ -107,6 +113,27 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_tokenizer, tm
 
     last = load_file(str(latest_checkpoint(tmp_path / "ckpt") / "adapter.safetensors"))
     assert all(torch.isfinite(t).all() for t in last.values())
+
+
+def test_reading_back_every_few_steps_logs_the_same_and_stops_at_the_bad_step(tiny_tokenizer, tmp_path, monkeypatch):
+    """The accelerator path (losses read every few steps, not every step) logs the very same losses per step,
+    and a divergence is reported at the step it happened with no checkpoint saved after it."""
+    from mops.training import loop
+
+    model, data, rt, groups, cfg = setup(tiny_tokenizer, tmp_path / "every", checkpoint_every=0)
+    every_step = train_steps(model, "mops", groups, data, cfg.steps, cfg, rt, 0)
+    monkeypatch.setattr(loop, "sync_interval", lambda device: 4)
+    model, data, rt, groups, cfg = setup(tiny_tokenizer, tmp_path / "batched", checkpoint_every=0)
+    batched = train_steps(model, "mops", groups, data, cfg.steps, cfg, rt, 0)
+    assert batched == every_step and len(batched) == cfg.steps
+    logged = [json.loads(line) for line in (tmp_path / "batched" / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged if r.get("stage") == "mops"] == list(range(1, cfg.steps + 1))
+
+    model, data, rt, groups, cfg = setup(tiny_tokenizer, tmp_path / "nan", checkpoint_every=3)
+    diverge_at(5, model, monkeypatch)  # steps 5 and 6 are read back together
+    with pytest.raises(TrainingError, match=r"non-finite in the update of step 5. Last good checkpoint: .*step-000003"):
+        train_steps(model, "mops", groups, data, cfg.steps, cfg, rt, 0, tmp_path / "nan" / "ckpt")
+    assert latest_checkpoint(tmp_path / "nan" / "ckpt").name == "step-000003"
 
 
 @pytest.mark.parametrize("grad_accum", [1, 2])

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import random
+from typing import TYPE_CHECKING
 
-from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
 
 from mops.data import Tokenizer, load_splits
+
+if TYPE_CHECKING:  # datasets is imported where a calibration set is built (mops train runs without it)
+    from datasets import Dataset
 
 
 def calibration_dataset(
@@ -24,4 +27,6 @@ def calibration_dataset(
     chosen = random.Random(seed).sample(range(len(train)), min(samples, len(train)))
     encoder = Tokenizer(tokenizer, splits.tasks, max_length=max(length, 16))
     rows = [encoder.encode(train[i]).input_ids[:length] for i in chosen]
+    from datasets import Dataset
+
     return Dataset.from_dict({"input_ids": rows, "attention_mask": [[1] * len(r) for r in rows]})

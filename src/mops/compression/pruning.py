@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import torch
-from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from mops.compression.config import CompressionConfig, parse_pattern
 from mops.models.loading import quiet_transformers
+
+if TYPE_CHECKING:  # annotations only: mops train runs without datasets
+    from datasets import Dataset
 
 
 def prunable_linears(model: torch.nn.Module) -> dict[str, torch.nn.Module]:

@@ -27,21 +27,20 @@ def loss_positions(labels: torch.Tensor) -> torch.Tensor:
 
 def token_nll(logits: torch.Tensor, labels: torch.Tensor, positions: torch.Tensor | None = None
               ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Next-token NLL summed per example over labelled positions, in fp32.
+    """Next-token NLL summed per example over labelled positions, in fp32, without a host sync.
 
     logits: (B, T, V), or (B, P, V) at `positions` (see `loss_positions`); labels: (B, T) with IGNORE_INDEX
-    where there is no loss. Returns (nll_sum (B,), token_count (B,)); mean NLL = nll_sum.sum() /
+    where there is no loss. Returns (nll_sum (B,) float64, token_count (B,)); mean NLL = nll_sum.sum() /
     token_count.sum(), exactly what `model(input_ids, labels=labels).loss` computes for the same batch.
+    Unlabelled positions contribute an exact 0 (``ignore_index``), so no data-dependent indexing is needed.
     """
     if positions is None:
         logits, target = logits[:, :-1], labels[:, 1:]
     else:
         target = labels[:, positions + 1]
-    keep = target != IGNORE_INDEX
-    rows = torch.arange(labels.shape[0], device=labels.device).unsqueeze(1).expand_as(target)[keep]
-    nll = F.cross_entropy(logits[keep].float(), target[keep], reduction="none")
-    sums = torch.zeros(labels.shape[0], dtype=torch.float64, device=labels.device).index_add_(0, rows, nll.double())
-    return sums, keep.sum(dim=1)
+    nll = F.cross_entropy(logits.flatten(0, 1).float(), target.flatten(), ignore_index=IGNORE_INDEX,
+                          reduction="none").view(target.shape)
+    return nll.double().sum(dim=1), (target != IGNORE_INDEX).sum(dim=1)
 
 
 @dataclass
@@ -81,8 +80,13 @@ class PerplexityReport:
 
 
 def device_batch(batch: Sequence[Encoded], indices: Sequence[int], pad_id: int, device) -> dict:
-    """`collate` on `device`, plus the examples' ``index`` list."""
-    b = {k: v.to(device) for k, v in collate(batch, pad_id).items()}
+    """`collate` on `device`, plus the examples' ``index`` list and ``positions`` (`loss_positions`, found on
+    the host before the copy, so no step waits on the device for them). Host tensors are pinned for CUDA, so
+    the copies run asynchronously."""
+    host = collate(batch, pad_id)
+    host["positions"] = loss_positions(host["labels"])
+    cuda = torch.device(device).type == "cuda"
+    b = {k: (v.pin_memory() if cuda else v).to(device, non_blocking=cuda) for k, v in host.items()}
     b["index"] = list(indices)
     return b
 
@@ -103,8 +107,7 @@ def evaluate_perplexity(
     with progress_bar(len(batches), "eval", enabled=progress) as advance:
         for indices in batches:
             b = device_batch([encoded[i] for i in indices], indices, pad_id, device)
-            positions = loss_positions(b["labels"])
-            sums, counts = token_nll(logits_fn(b, positions), b["labels"], positions)
+            sums, counts = token_nll(logits_fn(b, b["positions"]), b["labels"], b["positions"])
             for task_id, s, c in zip(b["task_ids"].tolist(), sums.tolist(), counts.tolist()):
                 score = report.per_task[tasks[task_id]]
                 score.nll += s

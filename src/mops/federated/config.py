@@ -14,8 +14,6 @@ import typing
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-from flwr.common.config import flatten_dict, unflatten_dict
-
 from mops.data.config import DataConfig
 from mops.errors import ConfigError
 from mops.models.config import ModelConfig
@@ -173,11 +171,15 @@ class FederatedRun:
             if value is None:
                 return ""
             return ",".join(value) if isinstance(value, list) else value
+        from flwr.common.config import flatten_dict  # here: the settings (and `mops train`) work without Flower
+
         return flatten_dict(encode(asdict(self)))
 
     @classmethod
     def from_record(cls, record: typing.Mapping[str, Any]) -> "FederatedRun":
         """Inverse of `to_record`; keys that are no setting (e.g. Flower's ``server-round``) are ignored."""
+        from flwr.common.config import unflatten_dict
+
         nested = unflatten_dict({k: v for k, v in record.items() if "." in k or k in ("output", "method", "seed")})
         values: dict[str, Any] = {k: nested[k] for k in ("output", "method", "seed") if k in nested}
         for name, section in SECTIONS.items():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import tempfile
 import warnings
 from importlib import metadata
@@ -68,10 +69,17 @@ class BaseModel:
                 "dtype": str(self.model.dtype).removeprefix("torch.")}
 
 
+def cublas_workspace_for_determinism() -> None:
+    """Set CUBLAS_WORKSPACE_CONFIG (unless the user did) before the first cuBLAS call: without it
+    `torch.use_deterministic_algorithms(True)` raises on CUDA, and cuBLAS reads it only when it starts."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
 def resolve_device(device: str = "auto") -> torch.device:
-    """`auto` -> CUDA when available, else CPU; refuses a device this torch or machine cannot use."""
+    """`auto` -> CUDA when available, else CPU; refuses a device this torch or machine cannot use. Choosing
+    CUDA prepares cuBLAS for deterministic runs (`cublas_workspace_for_determinism`)."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         dev = torch.device(device)
     except RuntimeError as err:
@@ -83,6 +91,7 @@ def resolve_device(device: str = "auto") -> torch.device:
                               "or auto")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ConfigError(f"--device {device}: only {torch.cuda.device_count()} GPU(s) visible")
+        cublas_workspace_for_determinism()
     elif dev.type != "cpu":
         raise ConfigError(f"--device {device!r}: mops runs on cpu or cuda")
     return dev

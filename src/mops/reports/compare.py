@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from mops.errors import ConfigError
 from mops.evaluation.results import OVERALL, RunResult
-from mops.reports.run_report import clients_summary, summary_markdown
+from mops.reports.run_report import clients_sentence, clients_summary, summary_markdown
 from mops.paths import RUN_CONFIG
 from mops.reports.stats import mean_std, paired_summary
 from mops.settings import flat
@@ -178,9 +178,7 @@ def compare_markdown(summary: dict) -> str:
     if (r := summary.get("rougeL_points")) is not None:
         text += (f" ROUGE-L: {ref} {r[ref]['mean']:.1f}, {method} {r[method]['mean']:.1f}; difference "
                  f"{r['mean']:+.2f} +- {r['std']:.2f} points (per seed: {' '.join(f'{x:+.1f}' for x in r['per_seed'])}).")
-    if (c := summary.get("clients")) is not None:
-        text += (f" Per client (its own task mix), mean gain over clients: {c['gain_mean']:+.2f} +- "
-                 f"{c['gain_std']:.2f}% (per seed: {' '.join(f'{x:+.2f}' for x in c['gain_per_seed'])}).")
+    text += clients_sentence({"reference": ref, "method": method, "clients": summary.get("clients")})
     differ = summary["settings_differ"]
     text += "\n\nSettings that differ (" + summary["reference"]["run_dir"] + " -> " + summary["method"]["run_dir"] + "): "
     text += ("; ".join(f"{k}: {_short(v[0], 40)} -> {_short(v[1], 40)}" for k, v in differ.items()) or "none") + ".\n"

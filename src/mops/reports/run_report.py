@@ -219,8 +219,9 @@ def clients_summary(per_seed: dict[int, RunResult], ref: str, method: str) -> di
     return out
 
 
-def _clients_sentence(pair: dict) -> str:
-    """The per-client line of one pair of a federated summary ('' without client mixes)."""
+def clients_sentence(pair: dict) -> str:
+    """The per-client line of one pair ({'reference', 'method', 'clients'}) of a federated summary or a
+    `mops compare` ('' without client mixes)."""
     c, ref, method = pair.get("clients"), pair["reference"], pair["method"]
     if not c:
         return ""
@@ -244,5 +245,5 @@ def federated_summary_markdown(summary: dict) -> str:
             + " ".join(f"{g:+.2f}" for g in summary["per_seed"])
             + f"). Bytes per round (sent + received, every payload with the one-off P^1, mean over rounds and "
             + f"seeds; x {summary['paired']['reference']}): {traffic}.\n"
-            + _clients_sentence({**summary["paired"], "clients": summary.get("clients")})
-            + "".join(_clients_sentence(other) for other in summary["paired"].get("others", {}).values()))
+            + clients_sentence({**summary["paired"], "clients": summary.get("clients")})
+            + "".join(clients_sentence(other) for other in summary["paired"].get("others", {}).values()))

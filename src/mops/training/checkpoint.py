@@ -51,8 +51,10 @@ def save_checkpoint(
     tensors, meta = _flatten_optimizer(optimizer.state_dict())
     save_file(adapter, str(tmp / ADAPTER))
     save_file(tensors, str(tmp / OPTIMIZER))
-    rng = torch.get_rng_state()
-    (tmp / STATE).write_text(json.dumps({"step": step, "optimizer": meta, "torch_rng": rng.tolist(), **extra}))
+    rng = {"torch_rng": torch.get_rng_state().tolist()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # every GPU's generator (dropout, noise)
+        rng["cuda_rng"] = [state.tolist() for state in torch.cuda.get_rng_state_all()]
+    (tmp / STATE).write_text(json.dumps({"step": step, "optimizer": meta, **rng, **extra}))
     shutil.rmtree(target, ignore_errors=True)
     os.rename(tmp, target)
     for old in sorted(directory.glob("step-*"))[:-keep]:
@@ -66,11 +68,15 @@ def latest_checkpoint(directory: Path) -> Path | None:
 
 
 def load_checkpoint(path: Path, optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    """Restore the optimizer and RNG; returns (adapter tensors, trainer state)."""
+    """Restore the optimizer and the RNGs (CPU, and each GPU's where saved and present); returns (adapter
+    tensors, trainer state)."""
     state = json.loads((path / STATE).read_text())
     adapter, moments = load_file(str(path / ADAPTER)), load_file(str(path / OPTIMIZER))  # read all before changing
     optimizer.load_state_dict(_unflatten_optimizer(moments, state["optimizer"]))
     torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
+    cuda = state.get("cuda_rng", [])
+    if cuda and torch.cuda.is_available() and torch.cuda.device_count() == len(cuda):
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in cuda])
     return adapter, state
 
 

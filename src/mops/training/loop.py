@@ -1,5 +1,9 @@
 """The optimisation loop shared by every stage: deterministic batches, exact multi-process, checkpoints.
 
+On an accelerator the loop reads nothing back from the device between steps: the losses and a finiteness flag
+stay on the device and are read every `sync_interval` steps (and before every evaluation and checkpoint),
+which is also when steps are logged; on the CPU, where reading costs nothing, every step.
+
 Multi-process (``accelerate launch``): every process derives the same global batch from (seed, step) and
 takes its share; the loss is the summed NLL over the *global* number of target tokens, and gradients are
 summed across processes, so N processes compute exactly the 1-process step. Why not DDP: DDP fixes its set
@@ -20,7 +24,8 @@ from accelerate import Accelerator
 
 from mops.data.tokenization import IGNORE_INDEX, Encoded
 from mops.errors import MopsError
-from mops.evaluation.perplexity import device_batch, loss_positions, token_nll
+from mops.evaluation.perplexity import device_batch, token_nll
+from mops.models.loading import cublas_workspace_for_determinism
 from mops.models.logits import LogitsFn
 from mops.progress import console, progress_bar
 from mops.training.checkpoint import latest_checkpoint, resume_checkpoint, save_checkpoint
@@ -68,6 +73,22 @@ def target_tokens(enc: Encoded) -> int:
     return sum(label != IGNORE_INDEX for label in enc.labels[1:])
 
 
+def sync_interval(device: torch.device) -> int:
+    """Steps between reads from the device: 1 on the CPU (a read is free there), 16 on an accelerator, where
+    each read stalls the host until the queued kernels finish."""
+    return 1 if device.type == "cpu" else 16
+
+
+@dataclass
+class _Pending:
+    """A step whose loss (device scalar) and parameter-finiteness flag (device bool) are not read yet."""
+
+    step: int
+    loss: torch.Tensor
+    finite: torch.Tensor
+    tokens: int
+
+
 def _diverged(stage: str, what: str, checkpoint_dir: Path | None) -> None:
     last = latest_checkpoint(checkpoint_dir) if checkpoint_dir else None
     raise TrainingError(
@@ -100,6 +121,8 @@ def train_steps(
     step's loss (federated clients: FedProx's proximal term); the logged loss is the NLL alone.
     """
     logits_fn = logits_fn or mop_logits_fn(model)
+    if cfg.deterministic and rt.accelerator.device.type == "cuda":
+        cublas_workspace_for_determinism()  # a model placed on the GPU without `resolve_device`
     torch.use_deterministic_algorithms(cfg.deterministic)
     params = [p for group in param_groups for p in group["params"]]
     balance = cfg.gate_balance if model.stage == "mop" and model.config.use_gate else 0.0
@@ -115,20 +138,43 @@ def train_steps(
             evals[:] = state.get("evals", [])
     rt.logger.forget_after(stage, start)  # steps after the checkpoint run (and are logged) again
     device = rt.accelerator.device
+    every = sync_interval(device)
     lengths = [len(e.input_ids) for e in data] if cfg.group_by_length else None
+    targets = [target_tokens(e) for e in data]
     gate_mode = model.gate.training
+    pending: list[_Pending] = []
     with progress_bar(steps, stage, enabled=rt.progress and rt.is_main) as advance:
         advance(start)
         model.gate.train(model.stage == "mop")  # gate noise (if any) only while training
+        since = time.perf_counter()
+
+        def read_back() -> None:
+            """Read the pending steps' losses and flags (one device sync), stop at the first bad one, log them."""
+            nonlocal since
+            if not pending:
+                return
+            values = torch.stack([p.loss for p in pending]).tolist()
+            finite = torch.stack([p.finite for p in pending]).tolist()
+            seconds = (time.perf_counter() - since) / len(pending)
+            for item, value, ok in zip(pending, values, finite):
+                if not math.isfinite(value):
+                    _diverged(stage, f"loss is {value} at step {item.step}", checkpoint_dir)
+                if not ok:
+                    _diverged(stage, f"parameters became non-finite in the update of step {item.step}", checkpoint_dir)
+                losses.append(value)
+                rt.logger.log({"stage": stage, "step": item.step, "loss": value, "seconds": seconds,
+                               "tokens_per_s": item.tokens / seconds})
+                advance(loss=value, tok_s=round(item.tokens / seconds))
+            pending.clear()
+            since = time.perf_counter()
+
         for step in range(start, steps):
-            t0 = time.perf_counter()
             indices = step_indices(len(data), cfg.batch_size, step, cfg.seed, lengths)
-            total = max(1, sum(target_tokens(data[i]) for i in indices))
+            total = max(1, sum(targets[i] for i in indices))
             local = torch.zeros((), dtype=torch.float64, device=device)
             for micro in shard(indices, rt.rank, rt.world, cfg.grad_accum):
                 batch = device_batch([data[i] for i in micro], micro, pad_id, device)
-                positions = loss_positions(batch["labels"])
-                nll, _ = token_nll(logits_fn(batch, positions), batch["labels"], positions)
+                nll, _ = token_nll(logits_fn(batch, batch["positions"]), batch["labels"], batch["positions"])
                 loss = nll.sum() / total
                 local += loss.detach()
                 if balance:
@@ -141,28 +187,28 @@ def train_steps(
                 for p in params:
                     if p.grad is not None:
                         p.grad = rt.accelerator.reduce(p.grad, "sum")
-            value = float(local)
-            if not math.isfinite(value):
+            if every == 1 and not math.isfinite(value := float(local)):
                 _diverged(stage, f"loss is {value} at step {step + 1}; stopped before updating", checkpoint_dir)
             if cfg.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            if not all(bool(torch.isfinite(p).all()) for p in params):
-                _diverged(stage, f"parameters became non-finite in the update of step {step + 1}", checkpoint_dir)
-            losses.append(value)
-            seconds = time.perf_counter() - t0
-            tok_s = sum(len(data[i].input_ids) for i in indices) / seconds
-            rt.logger.log({"stage": stage, "step": step + 1, "loss": value, "seconds": seconds, "tokens_per_s": tok_s})
-            advance(loss=value, tok_s=round(tok_s))
-            if on_eval and cfg.evaluates_after(step + 1) and step + 1 < steps:
+            finite = torch.stack([torch.isfinite(p).all() for p in params]).all()
+            pending.append(_Pending(step + 1, local, finite, sum(len(data[i].input_ids) for i in indices)))
+            evaluates = bool(on_eval) and cfg.evaluates_after(step + 1) and step + 1 < steps
+            saves = bool(checkpoint_dir) and bool(cfg.checkpoint_every) and (step + 1) % cfg.checkpoint_every == 0
+            if (step + 1) % every == 0 or evaluates or saves or step + 1 == steps:
+                read_back()  # before an evaluation or a checkpoint: neither may see a diverged state
+            if evaluates:
                 model.gate.eval()
                 record = on_eval(step + 1)
                 if evals is not None:
                     evals.append(record)
                 model.gate.train()
-            if checkpoint_dir and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and rt.is_main:
+            if saves and rt.is_main:
                 save_checkpoint(checkpoint_dir, step + 1, trainable_state(model), optimizer,
                                 {"stage": stage, "losses": losses, "evals": evals or []})
+            if evaluates or saves:
+                since = time.perf_counter()  # evaluations and checkpoints are not training steps' time
     model.gate.train(gate_mode)
     return losses

@@ -9,6 +9,9 @@ In every layer the K prompt slots (key positions 0..K-1) stay visible to every r
 sliding-window layers). From the injection layer on, every query's logit towards the slots of expert e gets
 +log(w_e) (`gate.log_weights`): the same as multiplying those attention weights by w_e and renormalising.
 Below the injection layer the slots are hidden from the tokens when there are no input prompts.
+A layer with nothing to add (merge routing, or attention routing without a gate, with input prompts, and no
+sliding window that could hide the slots) gets the model's own mask untouched: no dense float mask is built,
+and SDPA keeps its fused kernels where the model's mask allows them.
 """
 
 from __future__ import annotations
@@ -72,10 +75,18 @@ def slot_mask(
     return torch.cat([slot_cols, out[..., k:]], dim=-1)
 
 
+def needs_edit(state: SlotState, module) -> bool:
+    """Whether `module`'s mask must change: a gate bias, slots to hide, or a sliding window (which could hide
+    the slots from far tokens). Otherwise the slots, at positions 0..K-1, are already visible under the causal
+    mask and the edit would be the identity."""
+    bias, hide = state.layer_bias(module.layer_idx)
+    return bias is not None or hide or getattr(module, "sliding_window", None) is not None
+
+
 def _wrap(base_name: str) -> Callable:
     def attention(module, query, key, value, attention_mask, **kwargs):
         state: SlotState | None = getattr(module, "_mops_state", None)
-        if state is not None:
+        if state is not None and needs_edit(state, module):
             attention_mask = slot_mask(
                 attention_mask, state, module.layer_idx, query.shape[-2], key.shape[-2], query.dtype, query.device
             )

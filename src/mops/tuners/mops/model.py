@@ -70,7 +70,7 @@ class MoPModel(nn.Module):
         k = config.num_slots
         dtype = torch.float32  # master copies: a bf16 / fp16 base computes in its dtype, prompts train in fp32
         self.input_prompts = nn.Parameter(self._init_prompts("vocab", k, dtype), requires_grad=False)
-        self.expert_prompts = nn.Parameter(torch.zeros(config.num_prompts, hidden, dtype=dtype))
+        self.expert_prompts = nn.Parameter(torch.zeros(config.num_prompts, hidden, dtype=dtype, device=lm.device))
         with torch.random.fork_rng(devices=[]):  # the gate's initial weights are a function of init_seed
             torch.manual_seed(config.init_seed)
             self.gate = Gate(hidden, config.gate_hidden_size, config.num_experts, config.gate_strength,
@@ -283,7 +283,8 @@ class MoPModel(nn.Module):
         token_states: (B, T, d) hidden states entering the injection layer; attention_mask: (B, T);
         avg_emb: (B, d). Returns logits like `forward`. The layers below are made identities for this call
         (the model's own loop, masks and rotary embeddings are untouched), so any architecture works whose
-        decoder layers return their hidden states.
+        decoder layers return their hidden states. The identity is one module-level function, so a compiled
+        layer sees two `forward`s in all (its own, `_passthrough`) and compiles each once, not once per call.
         """
         b, t = attention_mask.shape
         ones = torch.ones(b, self.config.num_slots, dtype=attention_mask.dtype, device=attention_mask.device)

@@ -121,15 +121,20 @@ class PrefixCache:
         return torch.from_numpy(np.array(self.avg[indices])).to(device)
 
     def states(self, indices: Sequence[int], device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-        """-> token states (B, T, d) right-padded with zeros, avg_emb (B, d); computes missing rows first."""
+        """-> token states (B, T, d) right-padded with zeros, avg_emb (B, d); computes missing rows first.
+
+        One gather from the memory map for the whole batch, scattered into the padded tensor by a mask; for a
+        GPU the host tensor is pinned and copied asynchronously."""
         indices = list(indices)
         avg = self.gate_inputs(indices, device)
-        width = int(self.lengths[indices].max())
-        out = torch.zeros(len(indices), width, self.hidden.shape[1], dtype=self.torch_dtype)
-        for row, i in enumerate(indices):
-            chunk = torch.from_numpy(np.array(self.hidden[self.offsets[i] : self.offsets[i] + self.lengths[i]]))
-            out[row, : self.lengths[i]] = chunk.view(self.torch_dtype) if self.torch_dtype == torch.bfloat16 else chunk
-        return out.to(device), avg
+        lengths = torch.from_numpy(self.lengths[indices])
+        rows = np.concatenate([np.arange(self.offsets[i], self.offsets[i] + self.lengths[i]) for i in indices])
+        flat = torch.from_numpy(np.asarray(self.hidden[rows]))  # (sum of lengths, d)
+        flat = flat.view(self.torch_dtype) if self.torch_dtype == torch.bfloat16 else flat
+        out = torch.zeros(len(indices), int(lengths.max()), self.hidden.shape[1], dtype=self.torch_dtype)
+        out[torch.arange(out.shape[1]).unsqueeze(0) < lengths.unsqueeze(1)] = flat
+        cuda = torch.device(device).type == "cuda"
+        return (out.pin_memory() if cuda else out).to(device, non_blocking=cuda), avg
 
 
 def open_prefix_cache(
