@@ -2,10 +2,13 @@
 # Issue 18's GPU run as ONE command (<= 10 minutes on one H200), writing JSON into the folder it is given:
 #   (a) the device-fixture tests on CUDA (`pytest -m device`: neutral gate = no gate, batch = one by one,
 #       cached = uncached, layer 0 = peft PromptTuning, generation with cache = without, fp32 master copies)
-#   (b) the throughput table (benchmarks/train_step.py): bf16, eager and torch.compile, batch 1/8/32/128,
-#       SmolLM2's shapes with random weights (from .gpu/smollm2-config: no weights needed)
-#   (c) one paper-size paired cell: SmolLM2 (the real weights, joined from .gpu/parts), Dolly, baseline vs
+#   (b) one paper-size paired cell: SmolLM2 (the real weights, joined from .gpu/parts), Dolly, baseline vs
 #       MoPs, 2,000 steps at batch 8, seeds $CELL_SEEDS (default 0,1,2), bf16
+#   (c) the throughput table (benchmarks/train_step.py), bf16, SmolLM2's shapes with random weights (from
+#       .gpu/smollm2-config: no weights needed): every row eager at batch 1/8/32/128, then the rows the
+#       targets name (MoPs cached, its baseline, prompts@0) compiled at batch 32 and 128
+# Budget (600 s per call): tests 90 s, cell 250 s, eager table 120 s, compiled rows what is left; each table
+# file is rewritten after every batch size, so a limit keeps what was measured.
 #
 #   bash benchmarks/gpu_prepare.sh            # here, once: wheels, tokenizer/config, the GGUF in parts
 #   bash benchmarks/gpu_run.sh --stash        # on the GPU machine, once per part but the last (carry one part)
@@ -48,30 +51,32 @@ if [ "$DRY" = 1 ]; then
   $PY -c "from tests.conftest import make_tiny_tokenizer, save_tiny_model; import shutil; shutil.rmtree('$TINY', True); save_tiny_model(__import__('pathlib').Path('$TINY'), make_tiny_tokenizer())"
   step device_tests 300 $RUN -m pytest -q -p no:cacheprovider -m device -k "trainable_parts" \
     --junitxml="$OUT/device_tests.xml" tests/test_mop_model.py tests/test_prefix_cache.py
-  step throughput 600 $RUN benchmarks/train_step.py --model "$TINY" --batch-sizes 2 --steps 2 --warmup 1 \
-    --max-length 64 --modes eager,compiled --compile-backend eager --output "$OUT/throughput.json"
   step cell 300 $RUN -m mops.cli.app train --model "$TINY" --data dolly --total 70 --max-length 48 --steps 2 -b 2 \
     --recovery-steps 1 --gate-pretrain-steps 2 --gate-pretrain-examples 14 --injection-layer 2 --seeds 0,1 \
     --method baseline,mops --checkpoint-every 0 -o /tmp/mops-dry-cell --overwrite
+  step throughput 600 $RUN benchmarks/train_step.py --model "$TINY" --batch-sizes 2 --steps 2 --warmup 1 \
+    --max-length 64 --modes eager,compiled --compile-backend eager --output "$OUT/throughput.json"
   CELL=/tmp/mops-dry-cell
 else
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.csv" 2>&1
-  step device_tests 150 $RUN -m pytest -q -p no:cacheprovider -m device --junitxml="$OUT/device_tests.xml" \
+  step device_tests 90 $RUN -m pytest -q -p no:cacheprovider -m device --junitxml="$OUT/device_tests.xml" \
     tests/test_mop_model.py tests/test_prefix_cache.py
   mkdir -p "$STASH"
   if [ -f .gpu/SHA256 ] && cp .gpu/parts/* "$STASH"/ 2>/dev/null; then
     (cd "$STASH" && cat $(awk '{print $2}' "$OLDPWD/.gpu/PARTS") > smollm2.gguf && sha256sum -c "$OLDPWD/.gpu/SHA256") \
       > "$OUT/weights.txt" 2>&1
   fi
-  step throughput 240 $RUN benchmarks/train_step.py --model .gpu/smollm2-config --random-init --dtype bfloat16 \
-    --output "$OUT/throughput.json"
   if grep -q ": OK" "$OUT/weights.txt" 2>/dev/null; then
-    step cell 330 $RUN -m mops.cli.app train --model "$STASH/smollm2.gguf" --data dolly --steps 2000 -b 8 \
+    step cell 250 $RUN -m mops.cli.app train --model "$STASH/smollm2.gguf" --data dolly --steps 2000 -b 8 \
       --dtype bfloat16 --method baseline,mops --seeds "${CELL_SEEDS:-0,1,2}" --checkpoint-every 0 \
       -o /tmp/mops-cell --overwrite --note "issue 18: paper-size paired cell on a GPU"
   else
     STEPS+=("{\"step\": \"cell\", \"rc\": null, \"skipped\": \"the SmolLM2 weights did not arrive whole (weights.txt)\"}")
   fi
+  BENCH="$RUN benchmarks/train_step.py --model .gpu/smollm2-config --random-init --dtype bfloat16"
+  step throughput_eager 120 $BENCH --modes eager --output "$OUT/throughput_eager.json"
+  step throughput_compiled $(( SECONDS < 500 ? 560 - SECONDS : 60 )) $BENCH --modes compiled --batch-sizes 32,128 \
+    --configs cached,grouped,baseline_cached,prompts0 --output "$OUT/throughput_compiled.json"
   CELL=/tmp/mops-cell
 fi
 [ -d "$CELL" ] && tar czf "$OUT/cell.tgz" -C "$CELL" --exclude=stages --exclude=checkpoints --exclude=tensorboard \

@@ -160,16 +160,16 @@ def compile_layers(model: torch.nn.Module, backend: str) -> None:
         layer.compile(backend=backend, dynamic=True)
 
 
-def configurations():
-    """(name, MoPConfig overrides, cached (None: full logits), length-grouped batches)."""
-    return (
-        ("mops core (full logits)", {}, None, False),
-        ("mops", {}, False, False),
-        ("mops cached", {}, True, False),
-        ("mops cached, grouped", {}, True, True),
-        ("prompts@L cached (no gate)", {"use_gate": False}, True, False),
-        ("prompts@0", {"use_gate": False, "injection_layer": 0}, False, False),
-    )
+# key -> (row name, MoPConfig overrides, cached (None: full logits), length-grouped batches); "peft0" is peft's own.
+CONFIGS = {
+    "core": ("mops core (full logits)", {}, None, False),
+    "mops": ("mops", {}, False, False),
+    "cached": ("mops cached", {}, True, False),
+    "grouped": ("mops cached, grouped", {}, True, True),
+    "baseline_cached": ("prompts@L cached (no gate)", {"use_gate": False}, True, False),
+    "prompts0": ("prompts@0", {"use_gate": False, "injection_layer": 0}, False, False),
+    "peft0": ("peft PromptTuning@0", None, None, False),
+}
 
 
 def run_batch_size(base: BaseModel, encoded: list[Encoded], bs: int, mode: str, args, peak: float | None) -> list[dict]:
@@ -200,7 +200,10 @@ def run_batch_size(base: BaseModel, encoded: list[Encoded], bs: int, mode: str, 
                      "mfu": flops / seconds / (peak * 1e12) if peak else None,
                      "peak_memory_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None})
 
-    for name, overrides, cached, grouped in configurations():
+    for key in args.configs:
+        name, overrides, cached, grouped = CONFIGS[key]
+        if overrides is None:
+            continue
         mop = MoPModel(base, MoPConfig(prompt_init="vocab", **overrides))
         params = mop.set_stage("mop")
         layer = mop.config.injection_layer
@@ -217,6 +220,8 @@ def run_batch_size(base: BaseModel, encoded: list[Encoded], bs: int, mode: str, 
         measure(name, trainer(fn, params, batch_sets[grouped]), grouped, n_layers - layer if cached else n_layers,
                 n_layers - layer, mop.config.num_slots, cached is None)
         mop.unload()
+    if "peft0" not in args.configs:
+        return rows
     k = MoPConfig().num_slots
     peft_model = get_peft_model(base.model, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=k))
     peft_fn = lambda b, p, m=peft_model, k=k: m(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, k:][:, p]
@@ -229,13 +234,19 @@ def run_batch_size(base: BaseModel, encoded: list[Encoded], bs: int, mode: str, 
 def ratios(rows: list[dict], layer: int) -> dict:
     """The comparisons the issue's targets are stated in, from one batch size and mode's rows."""
     t = {r["config"]: r for r in rows}
-    return {
-        "batch": rows[0]["batch"], "mode": rows[0]["mode"],
-        "tokens_per_s_cached_grouped_over_core": t["mops cached, grouped"]["tokens_per_s"] / t["mops core (full logits)"]["tokens_per_s"],
-        "tokens_per_s_cached_over_core": t["mops cached"]["tokens_per_s"] / t["mops core (full logits)"]["tokens_per_s"],
-        f"mops_cached_at_L{layer}_over_prompts_at_0": t["mops cached"]["ms_per_step"] / t["prompts@0"]["ms_per_step"],
-        "gate_share_of_step": 1 - t["prompts@L cached (no gate)"]["ms_per_step"] / t["mops cached"]["ms_per_step"],
+    wanted = {  # name: (numerator row, denominator row, quantity, 1 - ratio)
+        "tokens_per_s_cached_grouped_over_core": ("mops cached, grouped", "mops core (full logits)", "tokens_per_s", False),
+        "tokens_per_s_cached_over_core": ("mops cached", "mops core (full logits)", "tokens_per_s", False),
+        f"mops_cached_at_L{layer}_over_prompts_at_0": ("mops cached", "prompts@0", "ms_per_step", False),
+        f"mops_cached_grouped_at_L{layer}_over_prompts_at_0": ("mops cached, grouped", "prompts@0", "ms_per_step", False),
+        "gate_share_of_step": ("prompts@L cached (no gate)", "mops cached", "ms_per_step", True),
     }
+    out = {"batch": rows[0]["batch"], "mode": rows[0]["mode"]}
+    for name, (a, b, what, complement) in wanted.items():
+        if a in t and b in t:
+            ratio = t[a][what] / t[b][what]
+            out[name] = 1 - ratio if complement else ratio
+    return out
 
 
 def main() -> None:
@@ -248,6 +259,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="Timed steps (default: 3 on CPU, 20 on GPU).")
     parser.add_argument("--warmup", type=int, default=None, help="Untimed steps first (default: 1 on CPU, 3 on GPU).")
     parser.add_argument("--dtype", default="auto", choices=["auto", *DTYPES])
+    parser.add_argument("--configs", default=",".join(CONFIGS), help=f"Comma-separated rows to run, of {', '.join(CONFIGS)}.")
     parser.add_argument("--modes", default=None, help="eager, compiled or both (default: eager on CPU, both on GPU).")
     parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend (eager: capture only).")
     parser.add_argument("--peak-tflops", type=float, default=None, help="The chip's peak for MFU (default: by name).")
@@ -263,24 +275,10 @@ def main() -> None:
     modes = [m.strip() for m in (args.modes or ("eager,compiled" if gpu else "eager")).split(",")]
     if set(modes) - {"eager", "compiled"}:
         parser.error(f"--modes: eager and/or compiled, got {args.modes!r}")
+    args.configs = [c.strip() for c in args.configs.split(",") if c.strip()]
+    if set(args.configs) - set(CONFIGS):
+        parser.error(f"--configs: any of {', '.join(CONFIGS)}, got {args.configs!r}")
     peak = peak_tflops(device, base.model.dtype, args.peak_tflops)
-    splits = load_splits("dolly")
-    encoded = Tokenizer(base.tokenizer, splits.tasks, args.max_length).encode_all(splits.train)
-    layer = MoPConfig().validate_for(base.model.config.num_hidden_layers).injection_layer
-    results, table = [], []
-    if "compiled" in modes:
-        compile_layers(base.model, args.compile_backend)
-    for mode in modes:
-        with torch.compiler.set_stance("default" if mode == "compiled" else "force_eager"):
-            for bs in sizes:
-                rows = run_batch_size(base, encoded, bs, mode, args, peak)
-                summary = ratios(rows, layer)
-                results += rows + [summary]
-                table += [[r["config"], mode, bs, f"{r['ms_per_step']:.1f}", f"{r['tokens_per_s']:,.0f}",
-                           f"{r['mfu']:.1%}" if r["mfu"] is not None else "",
-                           f"{r['peak_memory_mb']:,.0f}" if r["peak_memory_mb"] is not None else ""] for r in rows]
-                table += [[name, mode, bs, f"{value:.3f}", "", "", ""] for name, value in summary.items()
-                          if name not in ("batch", "mode")]
     width, store = base.model.config.hidden_size, base.model.dtype.itemsize
     cache_sizes = {}
     for data in ("dolly", "sni"):
@@ -288,21 +286,38 @@ def main() -> None:
         lengths = [len(e.input_ids) for e in Tokenizer(base.tokenizer, s.tasks, args.max_length).encode_all(s.train + s.test)]
         cache_sizes[data] = {"examples": len(lengths), "tokens": sum(lengths),
                              "bytes": sum(lengths) * width * store + len(lengths) * (width * 4 + 1)}
+    splits = load_splits("dolly")
+    encoded = Tokenizer(base.tokenizer, splits.tasks, args.max_length).encode_all(splits.train)
+    layer = MoPConfig().validate_for(base.model.config.num_hidden_layers).injection_layer
+    out = args.output or Path("benchmarks/results") / f"train_step_{device.type}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "benchmark": "train_step", "model": args.model, "random_init": args.random_init, "device": str(device),
         "device_name": torch.cuda.get_device_name() if gpu else platform.processor() or "cpu",
         "threads": torch.get_num_threads(), "dtype": str(base.model.dtype), "max_length": args.max_length,
         "prompts": MoPConfig().num_slots, "steps": args.steps, "warmup": args.warmup, "modes": modes,
         "compile_backend": args.compile_backend if "compiled" in modes else None, "peak_tflops": peak,
-        "torch": torch.__version__, "host_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "prefix_cache_size_full_datasets": cache_sizes, "results": results,
+        "torch": torch.__version__, "prefix_cache_size_full_datasets": cache_sizes, "results": [],
     }
+    table = []
+    if "compiled" in modes:
+        compile_layers(base.model, args.compile_backend)
+    for mode in modes:
+        with torch.compiler.set_stance("default" if mode == "compiled" else "force_eager"):
+            for bs in sizes:
+                rows = run_batch_size(base, encoded, bs, mode, args, peak)
+                summary = ratios(rows, layer)
+                payload["results"] += rows + [summary]
+                payload["host_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+                out.write_text(json.dumps(payload, indent=2) + "\n")  # after every batch size: a time limit keeps it
+                table += [[r["config"], mode, bs, f"{r['ms_per_step']:.1f}", f"{r['tokens_per_s']:,.0f}",
+                           f"{r['mfu']:.1%}" if r["mfu"] is not None else "",
+                           f"{r['peak_memory_mb']:,.0f}" if r["peak_memory_mb"] is not None else ""] for r in rows]
+                table += [[name, mode, bs, f"{value:.3f}", "", "", ""] for name, value in summary.items()
+                          if name not in ("batch", "mode")]
     Console().print(rich_table(f"train step ({args.model}, Dolly <= {args.max_length} tokens + 70 prompts, {device})",
                                ["config", "mode", "batch", "ms/step", "tokens/s", "MFU", "peak MiB"], table))
     Console().print({d: f"{v['bytes'] / 2**20:.0f} MiB" for d, v in cache_sizes.items()}, "prefix cache on disk")
-    out = args.output or Path("benchmarks/results") / f"train_step_{device.type}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(payload, indent=2) + "\n")
     print(f"wrote {out}")
 
 

@@ -119,7 +119,7 @@ def _load_real(name: str):
     old = os.environ.get("MOPS_HOME")
     os.environ["MOPS_HOME"] = str(home)
     try:
-        return load_base_model(name)
+        return load_base_model(name, device="cpu", dtype="float32")  # fp32 tolerances on any machine; CUDA: `device`
     finally:
         if old is None:
             os.environ.pop("MOPS_HOME", None)

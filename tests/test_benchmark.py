@@ -23,7 +23,7 @@ def test_gpu_run_dry_run_writes_every_part(tmp_path):
                           env={**os.environ, "PYTHON": sys.executable, "MOPS_HOME": str(tmp_path / "home")})
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = json.loads((out / "run.json").read_text())
-    assert run["dry_run"] is True and [s["step"] for s in run["steps"]] == ["device_tests", "throughput", "cell"]
+    assert run["dry_run"] is True and [s["step"] for s in run["steps"]] == ["device_tests", "cell", "throughput"]
     assert all(s["rc"] == 0 for s in run["steps"]), run
     suite = ElementTree.parse(out / "device_tests.xml").getroot().find("testsuite")
     assert int(suite.get("tests")) >= 1 and int(suite.get("failures")) == int(suite.get("errors")) == 0

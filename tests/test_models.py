@@ -17,7 +17,7 @@ def test_local_folder_loads_frozen_with_identity(tiny_model_dir):
     base = load_base_model(str(tiny_model_dir))
     assert not any(p.requires_grad for p in base.model.parameters())
     assert not base.model.training
-    assert base.model.dtype == torch.float32
+    assert base.model.dtype == resolve_dtype("auto", base.model.device)  # fp32 on the CPU, bf16 on a GPU
     assert base.identity == {
         "base_model": str(tiny_model_dir), "architecture": "LlamaForCausalLM", "model_type": "llama",
         "num_hidden_layers": 4, "hidden_size": 64, "compression": None,
