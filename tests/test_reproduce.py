@@ -99,10 +99,14 @@ def test_grid_runs_caches_cells_and_writes_reports(tmp_path, tiny_model_dir):
                                                      '[[cells]]\nname = "layer 2"\n',
                               methods='["baseline", "mops", "lora"]'))
     out = tmp_path / "out"
+    first = run_cli("reproduce", "grid", "--grid", str(grid), "-o", str(out), "--only", "layer 1")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert [c["name"] for c in json.loads((out / "results.json").read_text())["cells"]] == ["layer 1"]
     run = run_cli("reproduce", "grid", "--grid", str(grid), "-o", str(out))
     assert run.returncode == 0, run.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     assert [c["name"] for c in results["cells"]] == ["layer 1", "layer 2"]
+    assert results["cells"][0]["command"].endswith("--only layer 1") and "--only" not in results["cells"][1]["command"]
     assert results["versions"]["torch"] and results["versions"]["peft"]
     cell = results["cells"][0]
     assert cell["resolved"]["mop"]["injection_layer"] == 1 and set(cell["per_seed"]) == {"0", "1"}
@@ -116,11 +120,11 @@ def test_grid_runs_caches_cells_and_writes_reports(tmp_path, tiny_model_dir):
     assert (out / "table.png").stat().st_size > 5000 and "![tiny table](table.png)" in text
     assert (out / "gate_layer_1.png").stat().st_size > 5000 and "![gate layer 2](gate_layer_2.png)" in text
     assert len(seed0["mops"]["gate"]) == 7 and seed0["lora"]["trainable_parameters"] > 0
-    # a re-run reads every finished cell back; --only picks cells
+    # a re-run reads every finished cell back; --only picks the cells to run, the report keeps the finished rest
     again = run_cli("reproduce", "grid", "--grid", str(grid), "-o", str(out), "--only", "layer 2")
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "recovery" not in again.stderr and json.loads((out / "results.json").read_text())["cells"][0] == \
-        results["cells"][1]
+    assert "recovery" not in again.stderr and json.loads((out / "results.json").read_text())["cells"] == \
+        results["cells"] and "| layer 1 | 1, 7 | 2 |" in (out / "results.md").read_text()
     bad = run_cli("reproduce", "grid", "--grid", str(grid), "-o", str(out), "--only", "layer 9")
     assert bad.returncode == 2 and "no cell named ['layer 9']" in bad.stderr
     listed = run_cli("reproduce", "table4", "--full", "--list", "--seeds", "4")

@@ -23,7 +23,7 @@ def reproduce_command(
     full: bool = typer.Option(False, "--full", help="Same as --size full."),
     quick: bool = typer.Option(False, "--quick", help="Same as --size quick (the default)."),
     seeds: Optional[str] = typer.Option(None, "--seeds", help="Seeds of every cell (default 0,1,2)."),
-    only: Optional[str] = typer.Option(None, "--only", help="Comma-separated cell names to run (the rest is skipped)."),
+    only: Optional[str] = typer.Option(None, "--only", help="Comma-separated cell names to run; the report also keeps the other cells already finished in the output folder."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Results folder (default results/reproduce/<experiment>)."),
     list_cells: bool = typer.Option(False, "--list", help="Print the cells and exit."),
 ) -> None:
@@ -49,18 +49,18 @@ def reproduce_command(
                           f"not with the built-in experiment {experiment!r}")
     else:
         grid = builtin_grid(experiment, size, settings["model"]["model"], parse_seeds(seeds) if seeds else None)
+    wanted = None
     if only:
-        wanted = [n.strip() for n in only.split(",") if n.strip()]
-        missing = sorted(set(wanted) - {c.name for c in grid.cells})
+        wanted = {n.strip() for n in only.split(",") if n.strip()}
+        missing = sorted(wanted - {c.name for c in grid.cells})
         if missing:
             raise ConfigError(f"--only: no cell named {missing}; cells: {[c.name for c in grid.cells]}")
-        grid.cells = [c for c in grid.cells if c.name in wanted]
     if list_cells:
-        for cell in grid.cells:
+        for cell in grid.cells if wanted is None else [c for c in grid.cells if c.name in wanted]:
             console.print(f"{cell.name}: {cell.model.model} {cell.data.data} {cell.model.compress or 'uncompressed'} "
                           f"{','.join(cell.methods)} seeds {cell.seeds} key {cell.key}", highlight=False)
         return
     out = output or Path("results/reproduce") / (grid_file.stem if experiment == "grid" else experiment)
-    run_grid(grid, out, progress=True, on_cell=write_reports)
+    run_grid(grid, out, progress=True, on_cell=write_reports, only=wanted)
     console.print((out / "results.md").read_text(), highlight=False)
     console.print(f"results: {out}/results.md, {out}/results.json, figures: {out}/*.png")

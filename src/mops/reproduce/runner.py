@@ -37,7 +37,7 @@ def _method_record(result: MethodResult) -> dict:
 
 def cell_record(cell: Cell, per_seed: dict[int, RunResult]) -> dict:
     """What the reports need from one finished cell: per seed and method, PPL (overall, per task), trainable
-    parameter count, gate matrices."""
+    parameter count, gate matrices; and the command that ran it (a grid's cells may come from several runs)."""
     seeds = {}
     for seed, result in per_seed.items():
         entry = {m: _method_record(result.methods[m]) for m in cell.methods}
@@ -46,8 +46,9 @@ def cell_record(cell: Cell, per_seed: dict[int, RunResult]) -> dict:
         entry["input_prompts_only"] = result.input_prompts_only.overall
         seeds[str(seed)] = entry
     first = next(iter(per_seed.values()))
-    return {"name": cell.name, "key": cell.key, "revision": METHOD_REVISION, "settings": asdict(cell), "tasks": first.tasks,
-            "resolved": first.settings, "base": first.base, "per_seed": seeds}
+    return {"name": cell.name, "key": cell.key, "revision": METHOD_REVISION, "command": "mops " + " ".join(sys.argv[1:]),
+            "settings": asdict(cell), "tasks": first.tasks, "resolved": first.settings, "base": first.base,
+            "per_seed": seeds}
 
 
 def run_federated_cell(cell: Cell, folder: Path, progress: bool) -> dict[int, RunResult]:
@@ -90,13 +91,18 @@ def _run_centralised(cell: Cell, folder: Path, progress: bool) -> dict[int, RunR
     return execute(req).per_seed
 
 
-def run_grid(grid: Grid, out: Path, progress: bool = True, on_cell=None) -> dict:
-    """Run every cell in order; after each one `results.json` (every number, settings, versions) is rewritten
-    and `on_cell(records)` is called (the reports), so an interrupted grid keeps what it finished."""
+def run_grid(grid: Grid, out: Path, progress: bool = True, on_cell=None, only: set[str] | None = None) -> dict:
+    """Run every cell in order (only the cells named in `only`, when given); after each one `results.json`
+    (every number, settings, versions) is rewritten and `on_cell(records)` is called (the reports), so an
+    interrupted grid keeps what it finished. Cells not run but finished in `out` by an earlier run with the same
+    settings are reported too: running one row never drops the others from the table."""
     out.mkdir(parents=True, exist_ok=True)
     records = []
     for cell in grid.cells:
-        records.append(run_cell(cell, out / "cells" / f"{cell.key}", progress))
+        folder = out / "cells" / f"{cell.key}"
+        if only is not None and cell.name not in only and not (folder / "cell.json").is_file():
+            continue
+        records.append(run_cell(cell, folder, progress))
         payload = {"experiment": grid.experiment, "title": grid.title, "versions": versions(), "cells": records,
                    "command": "mops " + " ".join(sys.argv[1:])}
         (out / "results.json").write_text(json.dumps(payload, indent=2))
