@@ -12,6 +12,11 @@ import torch
 from mops import __version__
 
 
+def command_line() -> str:
+    """The `mops` command line of this process, as recorded beside its results."""
+    return "mops " + " ".join(sys.argv[1:])
+
+
 def versions() -> dict:
     """Library versions, CPU threads and the device the numbers come from."""
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({platform.processor() or platform.machine()})"

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Sequence
 
 from mops.evaluation.gating import routing_stats
 from mops.evaluation.results import OVERALL, RunResult
+from mops.provenance import command_line
 from mops.reports.run_report import pairs
 from mops.reports.stats import format_mean_std, paired_gains
 from mops.reports.tables import markdown_table
@@ -25,7 +25,7 @@ def experiment_record(name: str, note: str, settings: dict, per_seed: dict[int, 
     methods = [m for m in LOGGED if m in runs[0].methods]
     tasks = [*runs[0].tasks, OVERALL]
     record: dict = {"name": name, "note": note, "time": time.strftime("%Y-%m-%d %H:%M"), "run_dir": str(run_dir),
-                    "command": "mops " + " ".join(sys.argv[1:]), "settings": settings, "seeds": list(per_seed),
+                    "command": command_line(), "settings": settings, "seeds": list(per_seed),
                     "ppl": {m: {t: [r.ppl(m, t) for r in runs] for t in tasks} for m in runs[0].methods}}
     if len(methods) == 2:
         record["gain_percent"] = {t: paired_gains(runs, *LOGGED, t) for t in tasks}

@@ -6,12 +6,11 @@ store."""
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
 from mops.evaluation.results import MethodResult, RunResult
-from mops.provenance import versions
+from mops.provenance import command_line, versions
 from mops.reproduce.grid import Cell, Grid
 from mops.training.config import TrainConfig
 from mops.training.stages import METHOD_REVISION
@@ -46,7 +45,7 @@ def cell_record(cell: Cell, per_seed: dict[int, RunResult]) -> dict:
         entry["input_prompts_only"] = result.input_prompts_only.overall
         seeds[str(seed)] = entry
     first = next(iter(per_seed.values()))
-    return {"name": cell.name, "key": cell.key, "revision": METHOD_REVISION, "command": "mops " + " ".join(sys.argv[1:]),
+    return {"name": cell.name, "key": cell.key, "revision": METHOD_REVISION, "command": command_line(),
             "settings": asdict(cell), "tasks": first.tasks, "resolved": first.settings, "base": first.base,
             "per_seed": seeds}
 
@@ -104,7 +103,7 @@ def run_grid(grid: Grid, out: Path, progress: bool = True, on_cell=None, only: s
             continue
         records.append(run_cell(cell, folder, progress))
         payload = {"experiment": grid.experiment, "title": grid.title, "versions": versions(), "cells": records,
-                   "command": "mops " + " ".join(sys.argv[1:])}
+                   "command": command_line()}
         (out / "results.json").write_text(json.dumps(payload, indent=2))
         if on_cell is not None:
             on_cell(grid, records, out)
