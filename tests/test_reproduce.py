@@ -106,7 +106,7 @@ def test_grid_runs_caches_cells_and_writes_reports(tmp_path, tiny_model_dir):
     assert run.returncode == 0, run.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     assert [c["name"] for c in results["cells"]] == ["layer 1", "layer 2"]
-    assert results["cells"][0]["command"].endswith("--only layer 1") and "--only" not in results["cells"][1]["command"]
+    assert results["cells"][0]["command"].endswith("--only 'layer 1'") and "--only" not in results["cells"][1]["command"]
     assert results["versions"]["torch"] and results["versions"]["peft"]
     cell = results["cells"][0]
     assert cell["resolved"]["mop"]["injection_layer"] == 1 and set(cell["per_seed"]) == {"0", "1"}

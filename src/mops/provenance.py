@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shlex
 import sys
 from importlib import metadata
 
@@ -13,8 +14,8 @@ from mops import __version__
 
 
 def command_line() -> str:
-    """The `mops` command line of this process, as recorded beside its results."""
-    return "mops " + " ".join(sys.argv[1:])
+    """The `mops` command line of this process, shell-quoted so that it can be pasted back to rerun."""
+    return shlex.join(["mops", *sys.argv[1:]])
 
 
 def versions() -> dict:
